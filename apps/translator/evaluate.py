@@ -1,0 +1,85 @@
+"""Score base and fine-tuned translations of the same sentences (BLEU ko-mecab, chrF++).
+
+    python -m apps.translator.evaluate --run runs/translator/<run>   [--data FILE] [--limit N]
+Writes <run>/eval/metrics.json and <run>/eval/predictions.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from shared import runs
+from shared.cli import run_cli
+from shared.data import read_rows
+from shared.generate import base_model, generate, load_run
+from shared.models import log
+
+from .task import TASK, clean_translation, score, source_row
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m apps.translator.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="latest", help="run folder (default: the latest translator run)")
+    p.add_argument("--data", help="test file (default: the run's data.test)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
+    p.add_argument("--batch-size", type=int, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    return p.parse_args(argv)
+
+
+def table(metrics: dict) -> str:
+    lines = [f"{'model':<12} {'BLEU':>7} {'chrF++':>7} {'n':>5}"]
+    for name in ("base", "finetuned"):
+        if name in metrics:
+            m = metrics[name]
+            lines.append(f"{name:<12} {m['bleu']:>7.2f} {m['chrf']:>7.2f} {m['n']:>5}")
+    sig = (metrics.get("finetuned") or metrics.get("base"))["signature"]
+    lines += [f"BLEU signature: {sig['bleu']}", f"chrF signature: {sig['chrf']}"]
+    return "\n".join(lines)
+
+
+def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int | None = None,
+             max_new_tokens: int | None = None, with_base: bool = True) -> dict:
+    run_dir = runs.find_run(run, "runs", TASK.name)
+    model, tokenizer, fmt, cfg = load_run(run_dir)
+    overrides = {k: v for k, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)) if v}
+    gen = dataclasses.replace(cfg.generate, **overrides)
+    source = data or cfg.data.test
+    rows = read_rows(source, TASK.fields, limit=limit, drop_duplicates=False)
+    prompts = [TASK.inference_prompt(source_row(r["en"]), fmt) for r in rows]
+    refs = [r["ko"] for r in rows]
+    budgets = [TASK.answer_budget(r, tokenizer) for r in rows]
+    log(f"evaluating {len(rows)} sentences of {source}")
+
+    t0 = time.time()
+    tuned = [clean_translation(x) for x in generate(model, tokenizer, fmt, prompts, gen, budgets,
+                                                      progress="fine-tuned")]
+    metrics = {"run": str(run_dir), "data": source, "decoding": dataclasses.asdict(gen),
+               "finetuned": score(tuned, refs), "timings": {"finetuned_s": round(time.time() - t0, 1)}}
+    base = [""] * len(rows)
+    if with_base:
+        t0 = time.time()
+        with base_model(model):
+            base = [clean_translation(x) for x in generate(model, tokenizer, fmt, prompts, gen, budgets,
+                                                             progress="base")]
+        metrics["base"] = score(base, refs)
+        metrics["timings"]["base_s"] = round(time.time() - t0, 1)
+    predictions = [{"line": r.line, "source": r["en"], "reference": r["ko"], "base": b, "finetuned": t}
+                   for r, b, t in zip(rows, base, tuned)]
+    out = runs.write_eval(run_dir, metrics, predictions)
+    print(table(metrics))
+    print(f"wrote {out}/metrics.json and {out}/predictions.jsonl")
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.batch_size, args.max_new_tokens,
+                             not args.no_base))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Command-line plumbing shared by the products' entry points: options, config resolution, clean errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import runs
+from .config import ConfigError, apply, describe_keys, from_dict, load_yaml, parse_overrides, resolve
+from .data import DataError
+from .models import resolve_profile
+from .task import Task
+
+# Shortcut options -> config keys (everything else: --section.field value or --set section.field=value).
+SHORTCUTS = {"model": "model.name", "data": "data.train", "output_dir": "output.dir",
+             "max_steps": "train.max_steps", "epochs": "train.epochs", "limit": "data.limit"}
+
+
+def train_parser(task: Task) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m apps.{task.name}.train",
+        description=f"Fine-tune the {task.name} with LoRA/QLoRA. Any config key can be set as --section.field "
+                    "VALUE or --set section.field=VALUE (precedence: defaults < YAML < command line).",
+        epilog="config keys: " + ", ".join(describe_keys()))
+    p.add_argument("--config", help=f"YAML config (default: {task.configs_dir}/<profile>.yaml)")
+    p.add_argument("--profile", choices=["auto", "cpu", "gpu"], help="hardware profile (default: auto)")
+    p.add_argument("--model", help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--data", help="training data: JSONL/CSV/TSV file or Hugging Face dataset id")
+    p.add_argument("--output-dir", help="run folder (default: a new folder under runs/<product>/)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
+    p.add_argument("--epochs", type=float, help="passes over the training data")
+    p.add_argument("--limit", type=int, help="use only the first N training rows")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir (or the latest run) "
+                                                         "from its last checkpoint")
+    return p
+
+
+def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
+    """Return (cfg, run_dir, profile_reason) for a new or resumed run."""
+    cli = parse_overrides(rest)
+    for name, key in SHORTCUTS.items():
+        value = getattr(args, name)
+        if value is not None:
+            cli[key] = value
+    if args.resume:
+        run_dir = Path(cli.get("output.dir") or "") if cli.get("output.dir") else runs.latest_run("runs", task.name)
+        if run_dir is None or not (run_dir / "run.json").is_file():
+            raise ConfigError(f"--resume: no run to resume ({run_dir or 'no latest run'}); "
+                              "pass --output-dir DIR of an earlier run")
+        saved = runs.read_json(run_dir / "run.json")
+        cfg = apply(from_dict(saved["config"]), cli)  # the run's own config, then what you changed now
+        return cfg, run_dir, saved.get("profile_reason", "resumed")
+    yaml_flat = load_yaml(args.config) if args.config else {}
+    requested = args.profile or cli.get("profile") or yaml_flat.get("profile") or "auto"
+    profile, reason = resolve_profile(requested)
+    yaml_path = args.config or task.config_path(profile)
+    cfg = resolve(yaml_path=yaml_path, cli=cli)
+    cfg.profile = profile
+    run_dir = Path(cfg.output.dir) if cfg.output.dir else runs.new_run_dir(cfg.output.runs_root, task.name,
+                                                                           cfg.model.name)
+    return cfg, run_dir, reason
+
+
+def run_cli(main) -> None:
+    """Run an entry point; user errors print one clear line and exit 2 instead of a traceback."""
+    try:
+        main()
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def train_main(task: Task, argv: list[str] | None = None) -> None:
+    from .models import log
+    from .train import train
+
+    def main():
+        args, rest = train_parser(task).parse_known_args(argv)
+        cfg, run_dir, reason = build_config(task, args, rest)
+        log(f"profile: {cfg.profile} ({reason})")
+        out = train(task, cfg, run_dir, reason, resume=args.resume)
+        print(f"\nDone. Run folder: {out}\nEvaluate it:  python -m apps.{task.name}.evaluate --run {out}")
+
+    run_cli(main)

@@ -1,0 +1,120 @@
+"""Generation: load a run's adapter on its base, batched decoding, streaming, base vs fine-tuned on one copy.
+
+Batching sorts prompts by length (less padding), pads on the left (so every row's last token is the
+prompt's last token), and stops each sequence on the family's end-of-turn token.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import models, runs
+from .chat import ChatFormat
+from .config import ConfigError, GenerateSettings, RunConfig, from_dict
+
+
+def load_run(run_dir: str | Path):
+    """(model with the run's adapter, tokenizer, chat format, run config) for inference."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    cfg: RunConfig = from_dict(runs.read_json(run_dir / "run.json")["config"])
+    model, tokenizer, fmt = models.load(cfg.model, training=False)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter} has no adapter_config.json")
+    model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, tokenizer, fmt, cfg
+
+
+@contextlib.contextmanager
+def base_model(model):
+    """Run the base model from the same weights: the LoRA adapter is switched off inside the block."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def stop_ids(tokenizer, fmt: ChatFormat) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(fmt.end_of_turn), tokenizer.eos_token_id]
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def generation_kwargs(tokenizer, fmt: ChatFormat, gen: GenerateSettings, max_new_tokens: int | None = None) -> dict:
+    kw = dict(max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=gen.do_sample,
+              eos_token_id=stop_ids(tokenizer, fmt), pad_token_id=tokenizer.pad_token_id,
+              repetition_penalty=gen.repetition_penalty)
+    if gen.no_repeat_ngram_size:
+        kw["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
+    if gen.do_sample:
+        kw.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    else:  # silence "temperature is set but do_sample=False" warnings from the model's own generation config
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: GenerateSettings,
+             budgets: list[int | None] | None = None, progress: str | None = None) -> list[str]:
+    """Complete every prompt; returns the decoded answers (special tokens removed) in the input order.
+
+    budgets: optional per-prompt cap on new tokens (each batch uses its largest, never above
+    gen.max_new_tokens), so a batch does not run on long after every sensible answer has ended.
+    """
+    from tqdm.auto import tqdm
+
+    kw = generation_kwargs(tokenizer, fmt, gen)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
+    dev = next(model.parameters()).device
+    bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
+    for start in range(0, len(order), gen.batch_size):
+        idx = order[start:start + gen.batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        if budgets is not None:
+            kw["max_new_tokens"] = min(gen.max_new_tokens, max(budgets[i] or gen.max_new_tokens for i in idx))
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+        for row, i in enumerate(idx):
+            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+        bar.update(len(idx))
+    bar.close()
+    return outputs
+
+
+def stream(model, tokenizer, fmt: ChatFormat, prompt: str, gen: GenerateSettings,
+           max_new_tokens: int | None = None) -> Iterator[str]:
+    """Yield text pieces as they are generated (for the CLI and the demos)."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
+    kw = generation_kwargs(tokenizer, fmt, gen, max_new_tokens)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            with torch.inference_mode():
+                model.generate(**enc, streamer=streamer, **kw)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if errors:
+        raise errors[0]

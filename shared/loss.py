@@ -1,0 +1,92 @@
+"""Answer-only causal-LM loss with a chunked, fused output layer + cross-entropy.
+
+Why: with a 262k-token vocabulary the output layer dominates a small model's step. The stock path builds
+(batch x length x vocab) logits, a log-softmax over them, and a zero-filled gradient of the same size.
+Here the output layer runs only on positions that carry loss, a few hundred rows at a time, and the
+gradient with respect to the hidden states is computed in the same pass (softmax minus one-hot), so no
+full logits tensor is ever kept for the backward pass. The result equals the plain loss (tests check
+values and gradients).
+"""
+from __future__ import annotations
+
+import torch
+
+CHUNK_ROWS = 256  # rows of logits materialized at once: 256 x 262k x 4 bytes = 268 MB
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, chunk_rows):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start:start + chunk_rows]
+            t = targets[start:start + chunk_rows]
+            logits = h @ weight.t()
+            if softcap:
+                capped = torch.tanh(logits.float() / softcap)
+                logits = capped * softcap
+            # One pass reads the (bf16) logits and writes fp32 log-probabilities; exp_ turns them into the
+            # softmax in place. Memory traffic, not FLOPs, is what this costs on a CPU.
+            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+            del logits
+            rows = torch.arange(len(t), device=t.device)
+            total -= logp[rows, t].sum()
+            grad = logp.exp_()
+            grad[rows, t] -= 1.0
+            if softcap:
+                grad *= 1.0 - capped.square()
+            grad_hidden[start:start + chunk_rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None, None
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             softcap: float | None = None, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """sum_i CE(softcap(hidden_i @ weight.T), targets_i), without keeping the logits for backward.
+
+    The output layer is frozen in LoRA training; when it is trainable, use the plain path instead.
+    """
+    if weight.requires_grad:
+        logits = (hidden @ weight.t()).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    with torch.autocast(hidden.device.type, enabled=False):
+        h = hidden.to(weight.dtype) if hidden.dtype != weight.dtype else hidden
+        return _LinearCrossEntropy.apply(h, weight, targets, softcap or 0.0, chunk_rows)
+
+
+def _causal_lm(model):
+    """The *ForCausalLM module under PEFT/DDP wrappers (LoRA layers stay active inside it)."""
+    inner = model.module if hasattr(model, "module") else model
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def completion_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (labels != -100), computing logits only there.
+
+    With gradient accumulation the Trainer passes num_items_in_batch (loss tokens over all micro-batches),
+    so the sum is divided by that instead of this micro-batch's count.
+    """
+    labels = inputs["labels"]
+    lm = _causal_lm(model)
+    backbone = getattr(lm, lm.base_model_prefix)
+    kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = backbone(**kwargs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
+    head = lm.get_output_embeddings()
+    if head.bias is not None:  # rare; the fused path assumes a bias-free output layer
+        logits = head(hidden[:, :-1][mask]).float()
+        total = torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
+    else:
+        total = linear_cross_entropy_sum(hidden[:, :-1][mask], head.weight, targets[mask], cap)
+    count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)

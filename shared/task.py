@@ -1,0 +1,40 @@
+"""What a product tells the core: its data fields, how a row becomes a training example, its configs.
+
+A product subclasses `Task` in apps/<product>/task.py. Chat products implement `messages`; products that
+train on raw text (no chat template) override `prompt_completion` and `inference_prompt` instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chat import ChatFormat, Message, render, split_for_training
+from .data import Field, Row
+
+
+class Task:
+    name: str = "task"  # runs go to runs/<name>/
+    fields: list[Field] = []
+    configs_dir: Path = Path(".")
+
+    def messages(self, row: Row) -> list[Message]:
+        """The conversation for a row, ending with the assistant's answer."""
+        raise NotImplementedError
+
+    def prompt_completion(self, row: Row, fmt: ChatFormat) -> tuple[str, str]:
+        """Training pair: the loss is computed on the completion only."""
+        return split_for_training(self.messages(row), fmt)
+
+    def inference_prompt(self, row: Row, fmt: ChatFormat) -> str:
+        """What the model sees at inference time; must equal the training prompt for the same row."""
+        return render(self.messages(row)[:-1], fmt, add_generation_prompt=True)
+
+    def answer_budget(self, row: Row, tokenizer) -> int | None:
+        """Most new tokens a sensible answer needs (None = the config's max_new_tokens)."""
+        return None
+
+    def data_checks(self, rows: list[Row]) -> dict:
+        """Product-specific sanity figures for the data report (charset, ranges...)."""
+        return {}
+
+    def config_path(self, profile: str) -> Path:
+        return self.configs_dir / f"{profile}.yaml"

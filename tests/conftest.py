@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny byte-level tokenizer and a tiny random Llama model built from a config (no
+downloads), and the real embedded Gemma 3 tokenizer for the tests marked `slow`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tokenizer():
+    """A real byte-level BPE tokenizer (256 byte tokens, no merges) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return fast
+
+
+def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def tiny_model_cfg(tiny_model_dir):
+    from shared.config import ModelConfig
+
+    return ModelConfig(name=str(tiny_model_dir), chat_template="chatml", dtype="float32", max_length=256)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir() -> Path:
+    """The embedded Gemma 3 270M, converted once into the user cache (about a minute the first time)."""
+    from shared.models import materialize
+
+    return Path(materialize("gemma3-270m")[1])
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer(gemma_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gemma_dir)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+PAIRS = [("Hello.", "안녕하세요."), ("Thank you very much.", "대단히 감사합니다."),
+         ("Where is the station?", "역은 어디에 있습니까?"), ("The store opens at nine.", "가게는 9시에 문을 엽니다."),
+         ("Please close the door.", "문을 닫아 주십시오."), ("It is raining today.", "오늘은 비가 옵니다."),
+         ("I like green tea.", "저는 녹차를 좋아합니다."), ("The battery lasts ten hours.", "배터리는 10시간 지속됩니다.")]
+
+
+@pytest.fixture()
+def pairs_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS * 4])
