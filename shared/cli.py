@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from . import runs
-from .config import ConfigError, apply, describe_keys, from_dict, load_yaml, parse_overrides, resolve
+from .config import (ConfigError, anchor_data_paths, apply, describe_keys, from_dict, load_yaml,
+                     parse_overrides, resolve)
 from .data import DataError
 from .models import resolve_profile
 from .task import Task
@@ -56,6 +57,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     yaml_path = args.config or task.config_path(profile)
     cfg = resolve(yaml_path=yaml_path, cli=cli)
     cfg.profile = profile
+    anchor_data_paths(cfg)
     run_dir = Path(cfg.output.dir) if cfg.output.dir else runs.new_run_dir(cfg.output.runs_root, task.name,
                                                                            cfg.model.name)
     return cfg, run_dir, reason

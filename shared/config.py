@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # shipped configs name data files relative to it
+
+
 class ConfigError(ValueError):
     """A config problem the user can fix; the message says what and where."""
 
@@ -282,3 +285,13 @@ def from_dict(tree: dict) -> RunConfig:
 
 def save_yaml(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def anchor_data_paths(cfg: RunConfig) -> RunConfig:
+    """A relative data path that does not exist from the current folder but does in the project (as in the
+    shipped configs) is made absolute, so every command works from any folder."""
+    for key in ("train", "valid", "test"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute() and not Path(value).exists() and (PROJECT_ROOT / value).exists():
+            setattr(cfg.data, key, str(PROJECT_ROOT / value))
+    return cfg

@@ -14,7 +14,7 @@ import torch
 
 from . import models, runs
 from .chat import ChatFormat
-from .config import ConfigError, GenerateSettings, RunConfig, from_dict
+from .config import ConfigError, GenerateSettings, RunConfig, anchor_data_paths, from_dict
 
 
 def load_run(run_dir: str | Path):
@@ -22,7 +22,7 @@ def load_run(run_dir: str | Path):
     from peft import PeftModel
 
     run_dir = Path(run_dir)
-    cfg: RunConfig = from_dict(runs.read_json(run_dir / "run.json")["config"])
+    cfg: RunConfig = anchor_data_paths(from_dict(runs.read_json(run_dir / "run.json")["config"]))
     model, tokenizer, fmt = models.load(cfg.model, training=False)
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():

@@ -57,7 +57,8 @@ def build_dataset(rows, task: Task, tokenizer, fmt, max_length: int, report: dat
     return Dataset.from_dict({"input_ids": ids, "completion_mask": masks})
 
 
-def load_splits(cfg: RunConfig, task: Task, tokenizer, fmt, report: data_mod.DataReport):
+def read_splits(cfg: RunConfig, task: Task, report: data_mod.DataReport):
+    """Read and validate train/valid rows. Runs before the model loads, so a bad row fails in seconds."""
     train_rows = data_mod.read_rows(cfg.data.train, task.fields, report, limit=cfg.data.limit,
                                     drop_duplicates=cfg.data.drop_duplicates)
     if cfg.data.valid:
@@ -65,6 +66,10 @@ def load_splits(cfg: RunConfig, task: Task, tokenizer, fmt, report: data_mod.Dat
     else:
         train_rows, valid_rows = data_mod.split(train_rows, cfg.data.valid_fraction, cfg.train.seed)
     report.checks = task.data_checks(train_rows)
+    return train_rows, valid_rows
+
+
+def build_datasets(cfg: RunConfig, task: Task, tokenizer, fmt, train_rows, valid_rows, report):
     train_ds = build_dataset(train_rows, task, tokenizer, fmt, cfg.model.max_length, report)
     valid_ds = build_dataset(valid_rows, task, tokenizer, fmt, cfg.model.max_length,
                              data_mod.DataReport()) if valid_rows else None
@@ -184,27 +189,29 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume: bool = False) -> Path:
+def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume: bool = False,
+          callbacks: tuple = ()) -> Path:
     """Train and write the run folder; returns it. Raises ConfigError/DataError before any training starts."""
     from transformers.trainer_utils import get_last_checkpoint
 
     t_start = time.time()
+    # Everything that can fail on bad input happens before the run folder exists: nothing half-made is left.
+    report = data_mod.DataReport()
+    train_rows, valid_rows = read_splits(cfg, task, report)
+    model, tokenizer, fmt = models.load(cfg.model, training=True)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = runs.read_json(run_dir / "run.json") if (resume and (run_dir / "run.json").is_file()) else {}
     record = {"status": "running", "product": task.name, "profile": cfg.profile, "profile_reason": profile_reason,
               "config": cfg.to_dict(), "versions": runs.versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "timings": {}, "resumed_from": None, "history": previous.get("history", [])}
+              "timings": {"load_model_s": round(time.time() - t_start, 1)}, "chat_format": fmt.family,
+              "resumed_from": None, "history": previous.get("history", [])}
     save_yaml(cfg, run_dir / "config.yaml")
     runs.write_json(run_dir / "run.json", record)
     runs.mark_latest(run_dir)
 
-    model, tokenizer, fmt = models.load(cfg.model, training=True)
-    record["chat_format"] = fmt.family
-    record["timings"]["load_model_s"] = round(time.time() - t_start, 1)
-
     t0 = time.time()
-    report = data_mod.DataReport()
-    train_ds, valid_ds = load_splits(cfg, task, tokenizer, fmt, report)
+    train_ds, valid_ds = build_datasets(cfg, task, tokenizer, fmt, train_rows, valid_rows, report)
     record["timings"]["prepare_data_s"] = round(time.time() - t0, 1)
     record["data"] = report.to_dict()
     runs.write_json(run_dir / "data_report.json", report.to_dict())
@@ -212,7 +219,7 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
 
     trainer = _trainer_class()(model=model, args=sft_config(cfg, run_dir, valid_ds is not None),
                          train_dataset=train_ds, eval_dataset=valid_ds, processing_class=tokenizer,
-                         peft_config=lora_config(cfg), callbacks=[_progress_callback(run_dir, record)])
+                         peft_config=lora_config(cfg), callbacks=[_progress_callback(run_dir, record), *callbacks])
     trainable, total = trainer.model.get_nb_trainable_parameters()
     record["parameters"] = {"trainable": trainable, "total": total}
     checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume and (run_dir / "checkpoints").is_dir() \

@@ -1,0 +1,56 @@
+import dataclasses
+
+import torch
+
+from shared.config import GenerateSettings
+from shared.generate import base_model, generate, stop_ids
+
+PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nA much longer question about trains and stations?<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nMid length one.<|im_end|>\n<|im_start|>assistant\n"]
+GREEDY = GenerateSettings(max_new_tokens=12, batch_size=3)
+
+
+def _load(cfg):
+    from shared.models import load
+
+    model, tok, fmt = load(cfg, training=False)
+    return model.eval(), tok, fmt
+
+
+def test_batched_equals_one_at_a_time(tiny_model_cfg):
+    model, tok, fmt = _load(tiny_model_cfg)
+    batched = generate(model, tok, fmt, PROMPTS, GREEDY)
+    single = [generate(model, tok, fmt, [p], dataclasses.replace(GREEDY, batch_size=1))[0] for p in PROMPTS]
+    assert batched == single and any(batched)
+
+
+def test_stops_on_end_of_turn_and_respects_budgets(tiny_model_cfg):
+    model, tok, fmt = _load(tiny_model_cfg)
+    eot = tok.convert_tokens_to_ids(fmt.end_of_turn)
+    assert eot in stop_ids(tok, fmt)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[tok.convert_tokens_to_ids("a")] = 5.0  # say "a" ...
+    model.lm_head = head
+    out = generate(model, tok, fmt, PROMPTS[:1], GREEDY, budgets=[3])
+    assert out == ["aaa"]  # ...until the per-prompt budget stops it
+    with torch.no_grad():
+        head.bias[eot] = 10.0  # now end-of-turn is the most likely token: stop at once
+    assert generate(model, tok, fmt, PROMPTS[:1], GREEDY) == [""]
+
+
+def test_base_outputs_come_from_the_same_weights_with_adapter_off(tiny_model_cfg):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, fmt = _load(tiny_model_cfg)
+    plain = generate(model, tok, fmt, PROMPTS, GREEDY)
+    torch.manual_seed(0)
+    tuned = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
+                                             init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    with_adapter = generate(tuned, tok, fmt, PROMPTS, GREEDY)
+    with base_model(tuned):
+        without = generate(tuned, tok, fmt, PROMPTS, GREEDY)
+    assert without == plain and with_adapter != plain
