@@ -51,6 +51,8 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
         saved = runs.read_json(run_dir / "run.json")
         cfg = apply(from_dict(saved["config"]), cli)  # the run's own config, then what you changed now
         return cfg, run_dir, saved.get("profile_reason", "resumed")
+    if args.data is not None and "data.valid" not in cli:
+        cli["data.valid"] = ""  # new training data: hold out a split of it, not the shipped validation file
     yaml_flat = load_yaml(args.config) if args.config else {}
     requested = args.profile or cli.get("profile") or yaml_flat.get("profile") or "auto"
     profile, reason = resolve_profile(requested)

@@ -185,16 +185,20 @@ def _check(value: Any, f: Field) -> tuple[Any, str | None]:
 
 
 def read_rows(source: str, fields: list[Field], report: DataReport | None = None,
-              limit: int = 0, drop_duplicates: bool = True) -> list[Row]:
-    """Read and validate rows; the first bad row raises DataError (nothing is trained yet, nothing is lost)."""
+              limit: int = 0, drop_duplicates: bool = True, last: int = 0) -> list[Row]:
+    """Read and validate rows; the first bad row raises DataError (nothing is trained yet, nothing is lost).
+
+    limit: only the first N rows of the file; last: only the last N rows (for held-out tails)."""
     raw_rows = read_raw(source)
     if not raw_rows:
         raise DataError(source, "", "", "contains no rows")
     names = ", ".join(f.name for f in fields)
     rows, seen = [], set()
+    if limit:  # the first N rows of the file, duplicates included, so a line range means what it says
+        raw_rows = raw_rows[:limit]
+    if last:
+        raw_rows = raw_rows[-last:]
     for line, raw in raw_rows:
-        if limit and len(rows) >= limit:
-            break
         if report is not None:
             report.rows_read += 1
         values = {}

@@ -50,7 +50,8 @@ def test_duplicates_dropped_and_counted_limit_applies(tmp_path):
     report = DataReport()
     rows = read_rows(str(path), FIELDS, report)
     assert len(rows) == 3 and report.dropped["duplicate"] == 1 and report.rows_read == 4
-    assert len(read_rows(str(path), FIELDS, limit=2)) == 2
+    assert [r["en"] for r in read_rows(str(path), FIELDS, limit=2)] == ["a"]  # first 2 file rows, 1 unique
+    assert [r["en"] for r in read_rows(str(path), FIELDS, last=2)] == ["c", "e"]
 
 
 def test_missing_file_and_unknown_type(tmp_path):

@@ -24,6 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--run", default="latest", help="run folder (default: the latest translator run)")
     p.add_argument("--data", help="test file (default: the run's data.test)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
+    p.add_argument("--last", type=int, default=0, help="score only the last N sentences of the file")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
@@ -42,13 +43,13 @@ def table(metrics: dict) -> str:
 
 
 def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int | None = None,
-             max_new_tokens: int | None = None, with_base: bool = True) -> dict:
+             max_new_tokens: int | None = None, with_base: bool = True, last: int = 0) -> dict:
     run_dir = runs.find_run(run, "runs", TASK.name)
     model, tokenizer, fmt, cfg = load_run(run_dir)
     overrides = {k: v for k, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)) if v}
     gen = dataclasses.replace(cfg.generate, **overrides)
     source = data or cfg.data.test
-    rows = read_rows(source, TASK.fields, limit=limit, drop_duplicates=False)
+    rows = read_rows(source, TASK.fields, limit=limit, drop_duplicates=False, last=last)
     prompts = [TASK.inference_prompt(source_row(r["en"]), fmt) for r in rows]
     refs = [r["ko"] for r in rows]
     budgets = [TASK.answer_budget(r, tokenizer) for r in rows]
@@ -78,7 +79,7 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int 
 def main(argv=None):
     args = parse_args(argv)
     run_cli(lambda: evaluate(args.run, args.data, args.limit, args.batch_size, args.max_new_tokens,
-                             not args.no_base))
+                             not args.no_base, args.last))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: set up, fine-tune the EN->KO translator (cpu profile on a machine without a GPU), then score
+# base vs fine-tuned on the shipped test split. Extra arguments go to the training command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+python -m apps.translator.train "$@"
+python -m apps.translator.evaluate --run latest
