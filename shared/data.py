@@ -33,6 +33,7 @@ class Field:
     kind: type = str  # str or float
     aliases: tuple = ()
     required: bool = True
+    drop_bad: bool = False  # True: a bad value drops the row (counted by reason) instead of stopping the run
 
 
 @dataclass
@@ -207,13 +208,25 @@ def read_rows(source: str, fields: list[Field], report: DataReport | None = None
             if not found:
                 if not f.required:
                     continue
+                if f.drop_bad:
+                    values = None
+                    if report is not None:
+                        report.drop(f"{f.name}: is missing")
+                    break
                 hint = f" (also accepted: {', '.join(f.aliases)})" if f.aliases else ""
                 raise DataError(source, line, f.name, f"is missing{hint}; the row has: "
                                                       f"{', '.join(map(str, raw)) or 'nothing'}. Expected: {names}")
             clean, problem = _check(value, f)
             if problem:
-                raise DataError(source, line, f.name, problem)
+                if not f.drop_bad:
+                    raise DataError(source, line, f.name, problem)
+                values = None
+                if report is not None:
+                    report.drop(f"{f.name}: {problem.split(', got')[0]}")  # e.g. "price: expected a number"
+                break
             values[f.name] = clean
+        if values is None:
+            continue
         key = tuple(values.get(f.name) for f in fields)
         if drop_duplicates and key in seen:
             if report is not None:

@@ -8,13 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat import ChatFormat, Message, render, split_for_training
-from .data import Field, Row
+from .data import DataReport, Field, Row, read_rows
 
 
 class Task:
     name: str = "task"  # runs go to runs/<name>/
     fields: list[Field] = []
     configs_dir: Path = Path(".")
+    # True: refuse to train when tokens(prompt) is not an exact prefix of tokens(prompt + completion), i.e.
+    # the tokenizer merges across the boundary and inference would see different tokens than training.
+    require_stable_prefix: bool = False
+
+    def read(self, source: str, report: DataReport | None = None, limit: int = 0, last: int = 0,
+             drop_duplicates: bool = True) -> list[Row]:
+        """Read and validate a data file; products with several input formats override this."""
+        return read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
 
     def messages(self, row: Row) -> list[Message]:
         """The conversation for a row, ending with the assistant's answer."""

@@ -17,7 +17,7 @@ import torch
 
 from . import data as data_mod
 from . import models, runs
-from .config import RunConfig, save_yaml
+from .config import ConfigError, RunConfig, save_yaml
 from .loss import completion_loss
 from .task import Task
 
@@ -45,6 +45,12 @@ def build_dataset(rows, task: Task, tokenizer, fmt, max_length: int, report: dat
     ids, masks, lengths = [], [], []
     for row in rows:
         prompt, completion = task.prompt_completion(row, fmt)
+        if task.require_stable_prefix and not prefix_is_stable(tokenizer, prompt, completion):
+            raise ConfigError(
+                f"{row.file}, line {row.line}: the tokenizer ({type(tokenizer).__name__}, "
+                f"{getattr(tokenizer, 'name_or_path', '?')}) merges the end of the prompt {prompt[-12:]!r} with "
+                f"the answer {completion!r}, so the loss mask would not match what the model sees at inference. "
+                "Training refused: change the prompt's last characters or use another tokenizer.")
         input_ids, mask = tokenize_pair(tokenizer, prompt, completion)
         if len(input_ids) > max_length:
             report.drop(f"longer than max_length={max_length} tokens")
@@ -59,10 +65,9 @@ def build_dataset(rows, task: Task, tokenizer, fmt, max_length: int, report: dat
 
 def read_splits(cfg: RunConfig, task: Task, report: data_mod.DataReport):
     """Read and validate train/valid rows. Runs before the model loads, so a bad row fails in seconds."""
-    train_rows = data_mod.read_rows(cfg.data.train, task.fields, report, limit=cfg.data.limit,
-                                    drop_duplicates=cfg.data.drop_duplicates)
+    train_rows = task.read(cfg.data.train, report, limit=cfg.data.limit, drop_duplicates=cfg.data.drop_duplicates)
     if cfg.data.valid:
-        valid_rows = data_mod.read_rows(cfg.data.valid, task.fields, drop_duplicates=cfg.data.drop_duplicates)
+        valid_rows = task.read(cfg.data.valid, data_mod.DataReport(), drop_duplicates=cfg.data.drop_duplicates)
     else:
         train_rows, valid_rows = data_mod.split(train_rows, cfg.data.valid_fraction, cfg.train.seed)
     report.checks = task.data_checks(train_rows)

@@ -6,16 +6,12 @@ Writes <run>/eval/metrics.json and <run>/eval/predictions.jsonl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import time
 
 from shared import runs
 from shared.cli import run_cli
-from shared.data import read_rows
-from shared.generate import base_model, generate, load_run
-from shared.models import log
+from shared.evaluation import predict_both
 
-from .task import TASK, clean_translation, score, source_row
+from .task import TASK, clean_translation, score
 
 
 def parse_args(argv=None):
@@ -44,33 +40,17 @@ def table(metrics: dict) -> str:
 
 def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int | None = None,
              max_new_tokens: int | None = None, with_base: bool = True, last: int = 0) -> dict:
-    run_dir = runs.find_run(run, "runs", TASK.name)
-    model, tokenizer, fmt, cfg = load_run(run_dir)
-    overrides = {k: v for k, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)) if v}
-    gen = dataclasses.replace(cfg.generate, **overrides)
-    source = data or cfg.data.test
-    rows = read_rows(source, TASK.fields, limit=limit, drop_duplicates=False, last=last)
-    prompts = [TASK.inference_prompt(source_row(r["en"]), fmt) for r in rows]
-    refs = [r["ko"] for r in rows]
-    budgets = [TASK.answer_budget(r, tokenizer) for r in rows]
-    log(f"evaluating {len(rows)} sentences of {source}")
-
-    t0 = time.time()
-    tuned = [clean_translation(x) for x in generate(model, tokenizer, fmt, prompts, gen, budgets,
-                                                      progress="fine-tuned")]
-    metrics = {"run": str(run_dir), "data": source, "decoding": dataclasses.asdict(gen),
-               "finetuned": score(tuned, refs), "timings": {"finetuned_s": round(time.time() - t0, 1)}}
-    base = [""] * len(rows)
-    if with_base:
-        t0 = time.time()
-        with base_model(model):
-            base = [clean_translation(x) for x in generate(model, tokenizer, fmt, prompts, gen, budgets,
-                                                             progress="base")]
+    p = predict_both(TASK, run, data, limit, last, with_base, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    refs = [r["ko"] for r in p.rows]
+    tuned = [clean_translation(x) for x in p.finetuned]
+    base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
+    metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+               "finetuned": score(tuned, refs)}
+    if p.base is not None:
         metrics["base"] = score(base, refs)
-        metrics["timings"]["base_s"] = round(time.time() - t0, 1)
     predictions = [{"line": r.line, "source": r["en"], "reference": r["ko"], "base": b, "finetuned": t}
-                   for r, b, t in zip(rows, base, tuned)]
-    out = runs.write_eval(run_dir, metrics, predictions)
+                   for r, b, t in zip(p.rows, base, tuned)]
+    out = runs.write_eval(p.run_dir, metrics, predictions)
     print(table(metrics))
     print(f"wrote {out}/metrics.json and {out}/predictions.jsonl")
     return metrics

@@ -1,0 +1,70 @@
+"""Simple baselines scored like the LLMs: the training-mean constant and TF-IDF + ridge regression on log price.
+
+    python -m apps.price_predictor.baselines --data data/price_predictor/train.jsonl     # test: shipped test split
+    python -m apps.price_predictor.baselines --data items.jsonl --holdout-last 500      # test: the file's last 500
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from shared.cli import run_cli
+from shared.data import DataReport, read_raw
+
+from .report import table
+from .task import TASK, price_metrics
+
+DEFAULT_TEST = "data/price_predictor/test.jsonl"
+
+
+def text_of(row) -> str:
+    return f"{row['title']}\n{row['description']}"
+
+
+def run_baselines(train_rows, test_rows) -> dict[str, dict]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import Ridge
+
+    truth = [r["price"] for r in test_rows]
+    mean = sum(r["price"] for r in train_rows) / len(train_rows)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True)
+    x_train = vectorizer.fit_transform([text_of(r) for r in train_rows])
+    model = Ridge(alpha=1.0).fit(x_train, [math.log1p(r["price"]) for r in train_rows])
+    predicted = [math.expm1(v) for v in model.predict(vectorizer.transform([text_of(r) for r in test_rows]))]
+    return {"constant (train mean)": price_metrics(truth, [mean] * len(truth)),
+            "tf-idf + ridge": price_metrics(truth, predicted)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m apps.price_predictor.baselines", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/price_predictor/train.jsonl", help="training data (JSONL/CSV/Amazon)")
+    p.add_argument("--test", help=f"test data (default: {DEFAULT_TEST}, or the held-out tail)")
+    p.add_argument("--holdout-last", type=int, default=0, help="train on all but the last N rows, test on them")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    def work():
+        from shared.config import PROJECT_ROOT
+
+        if args.holdout_last:  # same rows as `train --limit TOTAL-N` and `evaluate --last N`
+            n_rows = len(read_raw(args.data))
+            train_rows = TASK.read(args.data, DataReport(), limit=n_rows - args.holdout_last)
+            test_rows = TASK.read(args.data, DataReport(), last=args.holdout_last, drop_duplicates=False)
+        else:
+            train_rows = TASK.read(args.data, DataReport())
+            test = args.test or str(PROJECT_ROOT / DEFAULT_TEST)
+            test_rows = TASK.read(test, DataReport(), drop_duplicates=False)
+        results = run_baselines(train_rows, test_rows)
+        print(f"train rows: {len(train_rows)}, test rows: {len(test_rows)}")
+        print(table(results))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+
+    run_cli(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Score base and fine-tuned price predictions on the same items (MAE, RMSLE, hit rate) with a scatter plot.
+
+    python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
+Writes <run>/eval/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit).
+"""
+from __future__ import annotations
+
+import argparse
+
+from shared import runs
+from shared.cli import run_cli
+from shared.evaluation import predict_both
+
+from .report import scatter, table
+from .task import TASK, is_hit, parse_price, price_metrics
+
+
+def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, with_base: bool = True,
+             batch_size: int | None = None) -> dict:
+    p = predict_both(TASK, run, data, limit, last, with_base, batch_size=batch_size)
+    truth = [r["price"] for r in p.rows]
+    tuned = [parse_price(x) for x in p.finetuned]
+    metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+               "finetuned": price_metrics(truth, tuned)}
+    base = [None] * len(truth)
+    if p.base is not None:
+        base = [parse_price(x) for x in p.base]
+        metrics["base"] = price_metrics(truth, base)
+    predictions = [{"line": r.line, "title": r["title"], "price": t, "finetuned_answer": ft_raw, "finetuned": ft,
+                    "finetuned_hit": ft is not None and is_hit(t, ft),
+                    "base_answer": b_raw, "base": b}
+                   for r, t, ft_raw, ft, b_raw, b in zip(p.rows, truth, p.finetuned, tuned,
+                                                         p.base or [None] * len(truth), base)]
+    out = runs.write_eval(p.run_dir, metrics, predictions)
+    scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
+                          f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
+    shown = {"base model": metrics["base"]} if "base" in metrics else {}
+    print(table({**shown, "fine-tuned": metrics["finetuned"]}))
+    unparsed = [x for x in predictions if x["finetuned"] is None][:5]
+    for x in unparsed:
+        print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")
+    print(f"wrote {out}/metrics.json, predictions.jsonl and scatter.png")
+    return metrics
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m apps.price_predictor.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="latest", help="run folder (default: the latest price_predictor run)")
+    p.add_argument("--data", help="test file (default: the run's data.test)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N items")
+    p.add_argument("--last", type=int, default=0, help="score only the last N items of the file")
+    p.add_argument("--batch-size", type=int, help="prompts per generation batch")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    args = p.parse_args(argv)
+    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base, args.batch_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""One table format for every price model (baselines and LLMs), and the truth-vs-prediction scatter plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .task import HIT_DOLLARS, HIT_FRACTION, is_hit
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = [f"{'model':<22} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
+    for name, m in results.items():
+        lines.append(f"{name:<22} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
+                     f"{m['unparsed']:>9}")
+    lines.append(f"hit = error under ${HIT_DOLLARS:.0f} or under {HIT_FRACTION:.0%} of the true price; "
+                 "an unparsed answer counts as $0")
+    return "\n".join(lines)
+
+
+def scatter(truth: list[float], predictions: list[float | None], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preds = [p if p is not None else 0.0 for p in predictions]
+    colours = ["tab:green" if is_hit(t, p) else "tab:red" for t, p in zip(truth, preds)]
+    top = max([*truth, *preds, 1.0]) * 1.05
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.scatter(truth, preds, c=colours, s=10, alpha=0.7)
+    ax.plot([0, top], [0, top], color="grey", lw=1, ls="--")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("true price ($)")
+    ax.set_ylabel("predicted price ($)")
+    ax.set_title(title)
+    ax.scatter([], [], c="tab:green", label="hit")
+    ax.scatter([], [], c="tab:red", label="miss")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""What is specific to price prediction: the course prompt, the price completion, parsing, the metrics."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from shared.chat import ChatFormat
+from shared.data import DataReport, Field, Row, read_rows
+from shared.task import Task
+
+QUESTION = "How much does this cost to the nearest dollar?"
+ANSWER_PREFIX = "Price is $"
+MIN_PRICE, MAX_PRICE = 0.5, 999.49
+HIT_DOLLARS, HIT_FRACTION = 40.0, 0.20
+
+_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d*))?")
+
+
+def prompt_text(title: str, description: str) -> str:
+    return f"{QUESTION}\n\n{title}\n{description}\n\n{ANSWER_PREFIX}"
+
+
+def completion_text(price: float) -> str:
+    """The answer the model learns: the price to the nearest dollar, written like '24.00'."""
+    return f"{max(1, round(price))}.00"
+
+
+def parse_price(text: str) -> float | None:
+    """First number in the answer ('1,299.99', '$12', '12.', 'about 40', '24.00 and'); None if there is none."""
+    match = _NUMBER.search(text or "")
+    if not match:
+        return None
+    whole, frac = match.group(1).replace(",", ""), match.group(2) or ""
+    return float(f"{whole}.{frac}" if frac else whole)
+
+
+def is_hit(truth: float, prediction: float) -> bool:
+    error = abs(prediction - truth)
+    return error < HIT_DOLLARS or error < HIT_FRACTION * truth
+
+
+def price_metrics(truth: list[float], predictions: list[float | None]) -> dict:
+    """MAE, RMSLE and hit rate over all items; an unparsed answer counts as a prediction of $0 (and is counted)."""
+    n = len(truth)
+    preds = [p if p is not None else 0.0 for p in predictions]
+    if n == 0:
+        return {"mae": None, "rmsle": None, "hit_rate": None, "n": 0, "unparsed": 0}
+    errors = [abs(p - t) for p, t in zip(preds, truth)]
+    sq_log = [(math.log1p(max(p, 0.0)) - math.log1p(t)) ** 2 for p, t in zip(preds, truth)]
+    return {"mae": round(sum(errors) / n, 2), "rmsle": round(math.sqrt(sum(sq_log) / n), 4),
+            "hit_rate": round(sum(is_hit(t, p) for p, t in zip(preds, truth)) / n, 4), "n": n,
+            "unparsed": sum(p is None for p in predictions)}
+
+
+def looks_like_amazon(source: str) -> bool:
+    """Amazon Reviews 2023 metadata rows carry 'features'/'details'/'main_category' keys."""
+    path = Path(source)
+    if not path.is_file() or path.suffix.lower() not in (".jsonl", ".json"):
+        return False
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(first, dict) and bool({"features", "details", "main_category"} & first.keys())
+    return False
+
+
+class PriceTask(Task):
+    name = "price_predictor"
+    fields = [Field("title", aliases=("name",)), Field("description", aliases=("text", "desc")),
+              Field("category", required=False), Field("price", kind=float, drop_bad=True)]
+    configs_dir = Path(__file__).parent / "configs"
+    require_stable_prefix = True  # training refuses to start if the tokenizer merges across "$"
+
+    def read(self, source: str, report: DataReport | None = None, limit: int = 0, last: int = 0,
+             drop_duplicates: bool = True) -> list[Row]:
+        report = report if report is not None else DataReport()
+        if looks_like_amazon(source):
+            from .curation import read_amazon_meta
+
+            items, stats = read_amazon_meta(source, limit=limit)
+            items = items[-last:] if last else items
+            report.rows_read += stats.read
+            for reason, count in stats.dropped.items():
+                report.drop(reason, count)
+            report.files.append(source)
+            return [Row(item, source, i + 1) for i, item in enumerate(items)]
+        rows = read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
+        kept = []
+        for row in rows:
+            if not MIN_PRICE <= row["price"] <= MAX_PRICE:
+                report.drop(f"price out of range [{MIN_PRICE}, {MAX_PRICE}]")
+                continue
+            kept.append(row)
+        return kept
+
+    def prompt_completion(self, row: Row, fmt: ChatFormat) -> tuple[str, str]:
+        # No chat template: the course trains the base model on plain text. The end-of-turn marker after the
+        # price lets generation stop at once instead of running on.
+        return self.inference_prompt(row, fmt), completion_text(row["price"]) + fmt.end_of_turn
+
+    def inference_prompt(self, row: Row, fmt: ChatFormat) -> str:
+        return fmt.bos + prompt_text(row["title"], row["description"])
+
+    def answer_budget(self, row: Row, tokenizer) -> int:
+        return 8  # "999.00" is at most 6 digit/point tokens, plus end-of-turn
+
+    def data_checks(self, rows: list[Row]) -> dict:
+        prices = sorted(r["price"] for r in rows)
+        if not prices:
+            return {}
+        return {"price_min": prices[0], "price_median": prices[len(prices) // 2], "price_max": prices[-1],
+                "categories": len({r.values.get("category") for r in rows})}
+
+
+TASK = PriceTask()
+
+
+def item_row(title: str, description: str) -> Row:
+    """A row for inference: the price is unknown."""
+    return Row({"title": title.strip(), "description": description.strip(), "price": 0.0}, "<input>", 0)

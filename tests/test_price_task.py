@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from apps.price_predictor.task import (TASK, completion_text, is_hit, item_row, parse_price, price_metrics,
+                                       prompt_text)
+from shared.chat import get_format
+from shared.config import ConfigError
+from shared.data import DataReport, Row
+from shared.train import build_dataset, prefix_is_stable, tokenize_pair
+
+ROW = Row({"title": "Steel Kettle, 1.7 L", "description": "Boils fast.", "price": 23.6}, "x", 1)
+
+
+def test_prompt_and_completion_follow_the_course():
+    assert prompt_text("T", "D") == "How much does this cost to the nearest dollar?\n\nT\nD\n\nPrice is $"
+    assert completion_text(23.6) == "24.00" and completion_text(0.5) == "1.00" and completion_text(999.49) == "999.00"
+    fmt = get_format("gemma")
+    prompt, completion = TASK.prompt_completion(ROW, fmt)
+    assert prompt == "<bos>" + prompt_text("Steel Kettle, 1.7 L", "Boils fast.")
+    assert completion == "24.00<end_of_turn>" and TASK.inference_prompt(ROW, fmt) == prompt
+
+
+@pytest.mark.parametrize("answer, price", [
+    ("1,299.99", 1299.99), ("$12", 12.0), ("12.", 12.0), ("about 40", 40.0), ("", None), ("abc", None),
+    ("24.00 and", 24.0), ("24.00<end_of_turn>", 24.0), (" 7.5 dollars", 7.5), ("Price: 3,000", 3000.0),
+])
+def test_parse_price(answer, price):
+    assert parse_price(answer) == price
+
+
+def test_metrics_on_known_values():
+    m = price_metrics([100.0, 10.0, 200.0, 50.0], [110.0, 60.0, None, 50.0])
+    assert m["mae"] == pytest.approx((10 + 50 + 200 + 0) / 4)
+    assert m["hit_rate"] == 0.5 and m["unparsed"] == 1 and m["n"] == 4
+    import math
+    expected = math.sqrt(((math.log1p(110) - math.log1p(100)) ** 2 + (math.log1p(60) - math.log1p(10)) ** 2
+                          + (math.log1p(0) - math.log1p(200)) ** 2) / 4)
+    assert m["rmsle"] == round(expected, 4)
+    assert is_hit(500, 590) and not is_hit(500, 601) and is_hit(30, 69) and not is_hit(30, 71)
+
+
+def test_bad_prices_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "items.jsonl"
+    rows = [{"title": "A", "description": "d", "price": 10}, {"title": "B", "description": "d", "price": -3},
+            {"title": "C", "description": "d", "price": 0}, {"title": "D", "description": "d", "price": "abc"},
+            {"title": "E", "description": "d", "price": "NaN"}, {"title": "F", "description": "d", "price": 5000},
+            {"title": "G", "description": "d"}, {"title": "H", "description": "d", "price": "$1,299.99"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = DataReport()
+    kept = TASK.read(str(path), report)
+    assert [r["title"] for r in kept] == ["A"]
+    assert report.dropped == {"price out of range [0.5, 999.49]": 4, "price: expected a number": 1,
+                              "price: expected a finite number": 1, "price: is missing": 1}
+
+
+def test_mask_is_exactly_the_price_on_the_tiny_model(tiny_model_cfg):
+    from shared.models import load
+
+    _, tokenizer, fmt = load(tiny_model_cfg)
+    ds = build_dataset([ROW], TASK, tokenizer, fmt, 256, DataReport())
+    ids, mask = ds[0]["input_ids"], ds[0]["completion_mask"]
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "24.00<|im_end|>"
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if not m]).endswith("Price is $")
+
+
+def test_training_refuses_a_tokenizer_that_merges_across_the_dollar(tiny_model_cfg):
+    from shared.models import load
+
+    _, tokenizer, fmt = load(tiny_model_cfg)
+
+    class MergingTokenizer:  # merges "$2" into one token, as some BPE vocabularies do
+        name_or_path = "merging"
+
+        def __call__(self, text, add_special_tokens=False):
+            out = tokenizer(text.replace("$2", "\x00"), add_special_tokens=False)["input_ids"]
+            return {"input_ids": [999 if t == tokenizer.convert_tokens_to_ids("Ā") else t for t in out]}
+
+    merging = MergingTokenizer()
+    assert not prefix_is_stable(merging, "Price is $", "24.00")
+    with pytest.raises(ConfigError, match="merges the end of the prompt"):
+        build_dataset([ROW], TASK, merging, fmt, 256, DataReport())
+
+
+@pytest.mark.slow
+def test_prefix_is_stable_on_the_shipped_gemma_tokenizer(gemma_tokenizer):
+    fmt = get_format("gemma")
+    for price in (0.5, 9.99, 24.0, 99.5, 100.0, 149.99, 999.49):
+        row = Row({"title": "Item", "description": "Nice item.", "price": price}, "x", 1)
+        prompt, completion = TASK.prompt_completion(row, fmt)
+        assert prefix_is_stable(gemma_tokenizer, prompt, completion), price
+        ids, mask = tokenize_pair(gemma_tokenizer, prompt, completion)
+        answer = [t for t, m in zip(ids, mask) if m]
+        assert gemma_tokenizer.decode(answer) == completion_text(price) + "<end_of_turn>"
+
+
+def test_item_row_for_inference():
+    fmt = get_format("chatml")
+    assert TASK.inference_prompt(item_row(" Lamp ", " Bright. "), fmt).endswith("Lamp\nBright.\n\nPrice is $")
