@@ -9,6 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download from a model hub
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,269 @@
+"""Readers for price data: Amazon Reviews 2023 metadata JSONL, and simple title/description/price rows.
+
+The Amazon curation follows the Item class of the "LLM Engineering" course (ed-donner):
+
+* the price must parse as a number (floats, or strings such as "$1,299.99"); null, "", "—" and "None"
+  count as "no price"; other text, NaN and booleans as "price not a number";
+* only MIN_PRICE <= price <= MAX_PRICE is kept ("price out of range");
+* the title is required ("no title");
+* the text is the description lines, then the feature lines, then the product details as "Key: value"
+  lines without the boilerplate keys in BOILERPLATE_DETAIL_KEYS;
+* scrub(): boilerplate phrases (BOILERPLATE_PHRASES) are removed, runs of whitespace, square brackets,
+  double quotes, braces and 【】 collapse to one space, and "words" of PART_NUMBER_MIN_CHARS or more
+  characters that contain a digit (part numbers, model codes) are dropped; the title is scrubbed too;
+* the scrubbed text must have at least MIN_CHARS characters ("too little text");
+* it is then cut to MAX_WORDS whitespace words and at most MAX_CHARS characters, on a word boundary
+  (the course cuts to 160 tokens; about 120 words of product copy is about that many tokens).
+
+Every row read is either kept or counted in CurationStats.dropped under a short reason, never dropped
+silently. Output items are {"title", "description", "category", "price"}.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIN_PRICE, MAX_PRICE = 0.5, 999.49
+MIN_CHARS = 300            # scrubbed text shorter than this is dropped ("too little text")
+MAX_WORDS = 120            # the description is cut to this many whitespace words (~160 tokens) ...
+MAX_CHARS = 1000           # ... and to at most this many characters, on a word boundary
+PART_NUMBER_MIN_CHARS = 7  # "words" this long or longer that contain a digit are removed
+
+BOILERPLATE_DETAIL_KEYS = (
+    "Batteries Included?",
+    "Batteries Required?",
+    "Battery Cell Composition",
+    "By Clicking on the link",
+    "Date First Available",
+    "Best Sellers Rank",
+    "Customer Reviews",
+    "Manufacturer recommended age",
+    "Discontinued by manufacturer",
+    "ASIN",
+    "Item model number",
+    "UPC",
+)
+BOILERPLATE_PHRASES = (
+    "By clicking on the link",
+    "Make sure this fits by entering your model number.",
+    "See more product details",
+    "From the manufacturer",
+    "Product Description",
+    "About this item",
+    "Click here",
+)
+NO_PRICE_STRINGS = {"", "—", "–", "-", "none", "null", "n/a", "na"}
+
+REASON_BAD_JSON = "bad json"
+REASON_NO_PRICE = "no price"
+REASON_NOT_A_NUMBER = "price not a number"
+REASON_OUT_OF_RANGE = "price out of range"
+REASON_NO_TITLE = "no title"
+REASON_TOO_LITTLE_TEXT = "too little text"
+
+_JUNK = re.compile(r'[\s\[\]"“”{}【】]+')
+_PHRASES = re.compile("|".join(re.escape(p) for p in sorted(BOILERPLATE_PHRASES, key=len, reverse=True)),
+                      re.IGNORECASE)
+_BOILERPLATE_KEYS = {k.casefold() for k in BOILERPLATE_DETAIL_KEYS}
+
+
+@dataclass
+class CurationStats:
+    read: int = 0                                     # rows (non-blank lines) read
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> rows
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+
+    def to_dict(self) -> dict:
+        return {"read": self.read, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+
+
+def parse_price(value) -> tuple[float | None, str | None]:
+    """(price, None), or (None, reason) with reason "no price" or "price not a number". The range is not
+    checked here (see check_price)."""
+    if value is None:
+        return None, REASON_NO_PRICE
+    if isinstance(value, bool):
+        return None, REASON_NOT_A_NUMBER
+    if isinstance(value, (int, float)):
+        price = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.casefold() in NO_PRICE_STRINGS:
+            return None, REASON_NO_PRICE
+        text = re.sub(r"^(?:US\s*)?\$|^USD\s*|\s*USD$", "", text, flags=re.IGNORECASE).replace(",", "").strip()
+        try:
+            price = float(text)
+        except ValueError:
+            return None, REASON_NOT_A_NUMBER
+    else:
+        return None, REASON_NOT_A_NUMBER
+    if math.isnan(price):
+        return None, REASON_NOT_A_NUMBER
+    return price, None
+
+
+def check_price(value) -> tuple[float | None, str | None]:
+    """parse_price, then MIN_PRICE <= price <= MAX_PRICE (else "price out of range")."""
+    price, reason = parse_price(value)
+    if reason:
+        return None, reason
+    if not MIN_PRICE <= price <= MAX_PRICE:
+        return None, REASON_OUT_OF_RANGE
+    return price, None
+
+
+def scrub(text: str) -> str:
+    """Remove boilerplate phrases, collapse whitespace/brackets/quotes/braces/【】 to one space and drop
+    part-number-like words (PART_NUMBER_MIN_CHARS+ characters with a digit)."""
+    text = _PHRASES.sub(" ", text)
+    text = _JUNK.sub(" ", text).strip()
+    text = text.replace(" ,", ",").replace(",,,", ",").replace(",,", ",")
+    words = [w for w in text.split(" ")
+             if len(w) < PART_NUMBER_MIN_CHARS or not any(c.isdigit() for c in w)]
+    return " ".join(w for w in words if w)
+
+
+def truncate(text: str, max_words: int = MAX_WORDS, max_chars: int = MAX_CHARS) -> str:
+    """At most max_words whitespace words and max_chars characters, cut on a word boundary."""
+    text = " ".join(text.split()[:max_words])
+    if len(text) > max_chars:
+        cut = text[:max_chars + 1]
+        text = cut[:cut.rfind(" ")] if " " in cut else text[:max_chars]
+    return text.rstrip()
+
+
+def _lines(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v is not None and str(v).strip()]
+    return [str(value)]
+
+
+def _flat(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_flat(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_flat(v) for v in value)
+    return str(value)
+
+
+def details_lines(details) -> list[str]:
+    """The product details as "Key: value" lines, without BOILERPLATE_DETAIL_KEYS. Accepts a dict or, as
+    in the Hugging Face copy of the data set, a JSON string of one."""
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except json.JSONDecodeError:
+            return _lines(details)
+    if not isinstance(details, dict):
+        return _lines(details)
+    out = []
+    for key, value in details.items():
+        name = str(key).strip().rstrip(":").strip()
+        if any(name.casefold().startswith(k) for k in _BOILERPLATE_KEYS):  # "By Clicking on the link ..."
+            continue
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        out.append(f"{name}: {_flat(value)}")
+    return out
+
+
+def curate_amazon_row(raw: dict, category: str | None = None) -> tuple[dict | None, str | None]:
+    """(item, None) for a row worth keeping, else (None, reason)."""
+    price, reason = check_price(raw.get("price"))
+    if reason:
+        return None, reason
+    title = scrub(str(raw.get("title") or ""))
+    if not title:
+        return None, REASON_NO_TITLE
+    content = "\n".join(_lines(raw.get("description")) + _lines(raw.get("features"))
+                        + details_lines(raw.get("details")))
+    text = scrub(content)
+    if len(text) < MIN_CHARS:
+        return None, REASON_TOO_LITTLE_TEXT
+    cat = category if category is not None else str(raw.get("main_category") or "")
+    return {"title": title, "description": truncate(text), "category": cat, "price": price}, None
+
+
+def _json_lines(path: Path):
+    """Yield (parsed object or None, raw line) for each non-blank line; BOM and CRLF tolerated."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
+        for line in f:
+            line = line.strip().lstrip("\ufeff")
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            yield (obj if isinstance(obj, dict) else None), line
+
+
+def read_amazon_meta(path, category: str | None = None, limit: int = 0) -> tuple[list[dict], CurationStats]:
+    """Curated items from an Amazon Reviews 2023 metadata JSONL file. limit: only the first N rows
+    (non-blank lines) of the file; 0 reads all. Blank lines are not rows; a line that is not a JSON object
+    is counted as "bad json"."""
+    items, stats = [], CurationStats()
+    for obj, _ in _json_lines(Path(path)):
+        if limit and stats.read >= limit:
+            break
+        stats.read += 1
+        if obj is None:
+            stats.drop(REASON_BAD_JSON)
+            continue
+        item, reason = curate_amazon_row(obj, category)
+        if item is None:
+            stats.drop(reason)
+            continue
+        stats.kept += 1
+        items.append(item)
+    return items, stats
+
+
+def _simple_raw_rows(path: Path):
+    if path.suffix.lower() in (".csv", ".tsv"):
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        for row in reader:
+            if any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                yield row
+    else:
+        yield from (obj for obj, _ in _json_lines(path))
+
+
+def read_simple_rows(path) -> tuple[list[dict], CurationStats]:
+    """Rows with title, description, category (optional) and price from JSONL or CSV/TSV. Dropped, by
+    reason: "bad json", "no price" (missing/empty), "price not a number" (text, NaN), "price out of range"
+    (zero, negative, above MAX_PRICE), "no title"."""
+    items, stats = [], CurationStats()
+    for row in _simple_raw_rows(Path(path)):
+        stats.read += 1
+        if row is None:
+            stats.drop(REASON_BAD_JSON)
+            continue
+        price, reason = check_price(row.get("price"))
+        if reason:
+            stats.drop(reason)
+            continue
+        title = str(row.get("title") or "").strip()
+        if not title:
+            stats.drop(REASON_NO_TITLE)
+            continue
+        description = " ".join(_lines(row.get("description"))).strip()
+        items.append({"title": title, "description": description, "category": str(row.get("category") or ""),
+                      "price": price})
+        stats.kept += 1
+    return items, stats
