@@ -216,6 +216,9 @@ def read_rows(source: str, fields: list[Field], report: DataReport | None = None
                 hint = f" (also accepted: {', '.join(f.aliases)})" if f.aliases else ""
                 raise DataError(source, line, f.name, f"is missing{hint}; the row has: "
                                                       f"{', '.join(map(str, raw)) or 'nothing'}. Expected: {names}")
+            if not f.required and (value is None or (isinstance(value, str) and not value.strip())):
+                values[f.name] = None  # an optional field may be present but empty
+                continue
             clean, problem = _check(value, f)
             if problem:
                 if not f.drop_bad:

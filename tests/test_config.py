@@ -69,3 +69,15 @@ def test_shipped_configs_load(profile):
 def test_round_trip_through_run_json():
     cfg = resolve(cli={"lora.r": 4, "data.train": "x.jsonl"})
     assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_price_configs_load(profile):
+    path = ROOT / "apps" / "price_predictor" / "configs" / f"{profile}.yaml"
+    assert path.read_text().startswith(f"# python -m apps.price_predictor.train --profile {profile}")
+    cfg = resolve(yaml_path=path)
+    if profile == "gpu":  # as in the course: Llama 3.1 8B, 4-bit, LoRA r32/a64/d0.1 on attention, lr 1e-4 cosine
+        assert (cfg.model.name, cfg.model.quantization) == ("llama3.1-8b", "4bit")
+        assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (32, 64, 0.1)
+        assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+        assert (cfg.train.lr, cfg.train.scheduler, cfg.train.warmup_ratio) == (1e-4, "cosine", 0.03)

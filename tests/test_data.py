@@ -71,3 +71,10 @@ def test_split_is_deterministic_and_disjoint():
 
 def test_percentiles():
     assert percentiles(list(range(1, 101))) == {"p50": 50, "p90": 90, "p99": 99, "max": 100, "mean": 50.5}
+
+
+def test_optional_field_may_be_null(tmp_path):
+    path = tmp_path / "o.jsonl"
+    path.write_text('{"en": "a", "ko": "b", "note": null}\n{"en": "c", "ko": "d", "note": "x"}\n')
+    rows = read_rows(str(path), FIELDS + [Field("note", required=False)])
+    assert [r.values["note"] for r in rows] == [None, "x"]

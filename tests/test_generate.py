@@ -54,3 +54,15 @@ def test_base_outputs_come_from_the_same_weights_with_adapter_off(tiny_model_cfg
     with base_model(tuned):
         without = generate(tuned, tok, fmt, PROMPTS, GREEDY)
     assert without == plain and with_adapter != plain
+
+
+def test_output_layer_gets_contiguous_input(tiny_model_cfg):
+    """generate() slices the last hidden state; a strided input makes torch expand the whole output weight
+    per batch row (a multi-GB copy with a 262k vocabulary). load() makes the input contiguous first."""
+    model, tok, fmt = _load(tiny_model_cfg)
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    hidden = torch.randn(3, 5, model.config.hidden_size)[:, -1:, :]
+    assert not hidden.is_contiguous()
+    model.lm_head(hidden)
+    assert seen == [True]

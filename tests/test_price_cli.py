@@ -1,0 +1,47 @@
+"""Price predictor: the Amazon reader through the task, and (slow) the real commands end to end."""
+import json
+
+import pytest
+
+from apps.price_predictor.task import TASK
+from shared.data import DataReport
+
+from .conftest import ROOT
+from .test_cli import run
+
+FIXTURE = ROOT / "tests" / "fixtures" / "amazon_meta_sample.jsonl"
+
+
+def test_amazon_format_is_detected_and_every_drop_counted():
+    report = DataReport()
+    rows = TASK.read(str(FIXTURE), report)
+    assert rows and all(0.5 <= r["price"] <= 999.49 for r in rows)
+    assert report.rows_read == len(rows) + sum(report.dropped.values())
+    assert report.dropped["no price"] >= 1 and report.dropped["bad json"] == 1
+
+
+def test_baselines_on_shipped_data(tmp_path):
+    out = tmp_path / "b.json"
+    r = run(["apps.price_predictor.baselines", "--json", str(out)], cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())
+    const, text = results["constant (train mean)"], results["tf-idf + ridge"]
+    assert text["mae"] < const["mae"] and text["n"] == const["n"] == 540
+    assert "MAE $" in r.stdout and "hit rate" in r.stdout
+
+
+@pytest.mark.slow
+def test_embedded_model_train_evaluate_predict(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run(["apps.price_predictor.train", "--profile", "cpu", "--max-steps", "2", "--limit", "40",
+             "--output-dir", str(run_dir), "--train.batch_size", "4", "--train.logging_steps", "1"], cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(["apps.price_predictor.evaluate", "--run", str(run_dir), "--limit", "6"], cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    for side in ("base", "finetuned"):
+        assert {"mae", "rmsle", "hit_rate", "n", "unparsed"} <= metrics[side].keys() and metrics[side]["n"] == 6
+    assert (run_dir / "eval" / "scatter.png").stat().st_size > 1000
+    r = run(["apps.price_predictor.predict", "--run", str(run_dir), "--title", "Steel Kettle, 1.7 L",
+             "--description", "A premium kettle."], cwd=ROOT)
+    assert r.returncode == 0 and ("$" in r.stdout or "could not read a price" in r.stdout), r.stderr[-2000:]
