@@ -36,6 +36,19 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     return p
 
 
+def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
+    """The options every product's evaluate command shares."""
+    p = argparse.ArgumentParser(prog=f"python -m apps.{task.name}.evaluate", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
+    p.add_argument("--data", help="test file (default: the run's data.test)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N rows of the file")
+    p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
+    p.add_argument("--batch-size", type=int, help="prompts per generation batch")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    return p
+
+
 def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     """Return (cfg, run_dir, profile_reason) for a new or resumed run."""
     cli = parse_overrides(rest)

@@ -5,10 +5,8 @@ Writes <run>/eval/metrics.json, predictions.jsonl and scatter.png (truth vs fine
 """
 from __future__ import annotations
 
-import argparse
-
 from shared import runs
-from shared.cli import run_cli
+from shared.cli import eval_parser, run_cli
 from shared.evaluation import predict_both
 
 from .report import scatter, table
@@ -44,15 +42,7 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m apps.price_predictor.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="latest", help="run folder (default: the latest price_predictor run)")
-    p.add_argument("--data", help="test file (default: the run's data.test)")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N items")
-    p.add_argument("--last", type=int, default=0, help="score only the last N items of the file")
-    p.add_argument("--batch-size", type=int, help="prompts per generation batch")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    args = p.parse_args(argv)
+    args = eval_parser(TASK, __doc__).parse_args(argv)
     run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base, args.batch_size))
 
 

@@ -5,26 +5,11 @@ Writes <run>/eval/metrics.json and <run>/eval/predictions.jsonl.
 """
 from __future__ import annotations
 
-import argparse
-
 from shared import runs
-from shared.cli import run_cli
+from shared.cli import eval_parser, run_cli
 from shared.evaluation import predict_both
 
 from .task import TASK, clean_translation, score
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m apps.translator.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="latest", help="run folder (default: the latest translator run)")
-    p.add_argument("--data", help="test file (default: the run's data.test)")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
-    p.add_argument("--last", type=int, default=0, help="score only the last N sentences of the file")
-    p.add_argument("--batch-size", type=int, help="prompts per generation batch")
-    p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    return p.parse_args(argv)
 
 
 def table(metrics: dict) -> str:
@@ -57,7 +42,9 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int 
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    p = eval_parser(TASK, __doc__)
+    p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
+    args = p.parse_args(argv)
     run_cli(lambda: evaluate(args.run, args.data, args.limit, args.batch_size, args.max_new_tokens,
                              not args.no_base, args.last))
 
