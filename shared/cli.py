@@ -46,7 +46,15 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--repetition-penalty", type=float, help="decoding: >1 discourages repeated tokens")
+    p.add_argument("--no-repeat-ngram-size", type=int, help="decoding: forbid repeating n-grams of this size")
     return p
+
+
+def decoding_overrides(args: argparse.Namespace) -> dict:
+    """Generation settings given on an evaluate command line (unset ones keep the run's config)."""
+    keys = ("batch_size", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
 
 
 def build_config(task: Task, args: argparse.Namespace, rest: list[str]):

@@ -89,7 +89,7 @@ def test_everything_that_drives_the_price_is_in_the_text(detailed):
         for tier, word in tier_words.items():  # the tier is stated, and only the right one
             assert (word in desc.lower()) == (tier == a["tier"]), (tier, desc)
         assert a["material"].lower() in text
-        for label, phrase in a["features"]:
+        for _label, phrase in a["features"]:
             assert phrase.lower() in desc.lower()
         assert a["features"][0][0] in title
 

@@ -6,7 +6,7 @@ Writes <run>/eval/metrics.json, predictions.jsonl and scatter.png (truth vs fine
 from __future__ import annotations
 
 from shared import runs
-from shared.cli import eval_parser, run_cli
+from shared.cli import decoding_overrides, eval_parser, run_cli
 from shared.evaluation import predict_both
 
 from .report import scatter, table
@@ -14,8 +14,8 @@ from .task import TASK, is_hit, parse_price, price_metrics
 
 
 def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, with_base: bool = True,
-             batch_size: int | None = None) -> dict:
-    p = predict_both(TASK, run, data, limit, last, with_base, batch_size=batch_size)
+             **decoding) -> dict:
+    p = predict_both(TASK, run, data, limit, last, with_base, **decoding)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
     metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
@@ -43,7 +43,8 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
 
 def main(argv=None):
     args = eval_parser(TASK, __doc__).parse_args(argv)
-    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base, args.batch_size))
+    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base,
+                             **decoding_overrides(args)))
 
 
 if __name__ == "__main__":

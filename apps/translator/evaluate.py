@@ -6,7 +6,7 @@ Writes <run>/eval/metrics.json and <run>/eval/predictions.jsonl.
 from __future__ import annotations
 
 from shared import runs
-from shared.cli import eval_parser, run_cli
+from shared.cli import decoding_overrides, eval_parser, run_cli
 from shared.evaluation import predict_both
 
 from .task import TASK, clean_translation, score
@@ -23,9 +23,9 @@ def table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(run: str, data: str | None = None, limit: int = 0, batch_size: int | None = None,
-             max_new_tokens: int | None = None, with_base: bool = True, last: int = 0) -> dict:
-    p = predict_both(TASK, run, data, limit, last, with_base, batch_size=batch_size, max_new_tokens=max_new_tokens)
+def evaluate(run: str, data: str | None = None, limit: int = 0, with_base: bool = True, last: int = 0,
+             **decoding) -> dict:
+    p = predict_both(TASK, run, data, limit, last, with_base, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
@@ -45,8 +45,8 @@ def main(argv=None):
     p = eval_parser(TASK, __doc__)
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     args = p.parse_args(argv)
-    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.batch_size, args.max_new_tokens,
-                             not args.no_base, args.last))
+    run_cli(lambda: evaluate(args.run, args.data, args.limit, not args.no_base, args.last,
+                             **decoding_overrides(args)))
 
 
 if __name__ == "__main__":
