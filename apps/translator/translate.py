@@ -30,8 +30,17 @@ def main(argv=None):
         sentences = [" ".join(args.text)] if args.text else [line for line in sys.stdin if line.strip()]
         for sentence in sentences:
             prompt = TASK.inference_prompt(source_row(sentence), fmt)
+            budget = TASK.answer_budget(source_row(sentence), tokenizer)
+            shown, done = "", False
             with (base_model(model) if args.base else contextlib.nullcontext()):
-                for piece in stream(model, tokenizer, fmt, prompt, cfg.generate):
+                for piece in stream(model, tokenizer, fmt, prompt, cfg.generate, budget):
+                    if done:
+                        continue  # one line per sentence, as evaluation keeps it; the budget bounds the rest
+                    if not shown.strip():
+                        piece = piece.lstrip("\n")
+                    if "\n" in piece:
+                        piece, done = piece.split("\n")[0], True
+                    shown += piece
                     print(piece, end="", flush=True)
             print()
 
