@@ -120,10 +120,6 @@ def resolve_backend(cfg: ModelConfig) -> str:
 
 # ---------------------------------------------------------------- sources
 
-def spec_for(name: str) -> ModelSpec | None:
-    return REGISTRY.get(name)
-
-
 def resolve_source(name: str) -> tuple[str, str]:
     """Return (kind, location) with kind in registry-resolved 'embedded' | 'local' | 'gguf' | 'hub'."""
     spec = REGISTRY.get(name)

@@ -88,14 +88,12 @@ def versions() -> dict:
 
 def write_eval(run_dir: Path, metrics: dict, predictions: list[dict]) -> Path:
     """Write eval/metrics.json and eval/predictions.jsonl (each atomically) and return the eval folder."""
-    import json as _json
-
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".predictions.jsonl.tmp{os.getpid()}"
     with tmp.open("w", encoding="utf-8") as f:
         for p in predictions:
-            f.write(_json.dumps(p, ensure_ascii=False) + "\n")
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
     os.replace(tmp, out / "predictions.jsonl")
     write_json(out / "metrics.json", metrics)
     return out

@@ -29,10 +29,10 @@ def tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], l
     return p + c, [0] * len(p) + [1] * len(c)
 
 
-def prefix_is_stable(tokenizer, prompt: str, completion: str) -> bool:
+def prefix_is_stable(tokenizer, prompt: str, completion: str, prompt_ids: list[int] | None = None) -> bool:
     """True when tokens(prompt) is an exact prefix of tokens(prompt + completion): no merge across the boundary,
     so what the model sees at inference (the prompt alone) matches what it was trained on."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p = prompt_ids if prompt_ids is not None else tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
     return full[: len(p)] == p
 
@@ -45,13 +45,14 @@ def build_dataset(rows, task: Task, tokenizer, fmt, max_length: int, report: dat
     ids, masks, lengths = [], [], []
     for row in rows:
         prompt, completion = task.prompt_completion(row, fmt)
-        if task.require_stable_prefix and not prefix_is_stable(tokenizer, prompt, completion):
+        input_ids, mask = tokenize_pair(tokenizer, prompt, completion)
+        prompt_ids = input_ids[: len(mask) - sum(mask)]
+        if task.require_stable_prefix and not prefix_is_stable(tokenizer, prompt, completion, prompt_ids):
             raise ConfigError(
                 f"{row.file}, line {row.line}: the tokenizer ({type(tokenizer).__name__}, "
                 f"{getattr(tokenizer, 'name_or_path', '?')}) merges the end of the prompt {prompt[-12:]!r} with "
                 f"the answer {completion!r}, so the loss mask would not match what the model sees at inference. "
                 "Training refused: change the prompt's last characters or use another tokenizer.")
-        input_ids, mask = tokenize_pair(tokenizer, prompt, completion)
         if len(input_ids) > max_length:
             report.drop(f"longer than max_length={max_length} tokens")
             continue
