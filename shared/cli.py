@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from .models import resolve_profile
 from .task import Task
 
 # Shortcut options -> config keys (everything else: --section.field value or --set section.field=value).
-SHORTCUTS = {"model": "model.name", "data": "data.train", "output_dir": "output.dir",
+SHORTCUTS = {"model": "model.name", "backend": "model.backend", "data": "data.train", "output_dir": "output.dir",
              "max_steps": "train.max_steps", "epochs": "train.epochs", "limit": "data.limit"}
 
 
@@ -26,6 +27,8 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--config", help=f"YAML config (default: {task.configs_dir}/<profile>.yaml)")
     p.add_argument("--profile", choices=["auto", "cpu", "gpu"], help="hardware profile (default: auto)")
     p.add_argument("--model", help="registry name, local folder, .gguf file or hub id")
+    p.add_argument("--backend", choices=["auto", "transformers", "unsloth"],
+                   help="model backend (default: auto = unsloth on a CUDA GPU when installed, else transformers)")
     p.add_argument("--data", help="training data: JSONL/CSV/TSV file or Hugging Face dataset id")
     p.add_argument("--output-dir", help="run folder (default: a new folder under runs/<product>/)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
@@ -95,6 +98,12 @@ def run_cli(main) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as e:  # disk full, permission denied, ... mid-run: what and where, not a traceback
+        if os.environ.get("FT_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where} (set FT_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 def train_main(task: Task, argv: list[str] | None = None) -> None:

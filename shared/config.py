@@ -58,8 +58,10 @@ class LoraSettings:
 class TrainSettings:
     epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = _f(0, "Stop after this many optimizer steps (0 = use epochs).")
-    batch_size: int = _f(8, "Examples per device per forward pass.")
-    grad_accum: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x grad_accum x processes).")
+    batch_size: int = _f(8, "Examples per forward pass, in all: several processes (accelerate launch) split it "
+                            "evenly between them.")
+    grad_accum: int = _f(1, "Gradient accumulation steps (examples per optimizer step = batch_size x grad_accum, "
+                            "whatever the number of processes).")
     lr: float = _f(2e-4, "Peak learning rate.")
     scheduler: str = _f("linear", "Learning-rate schedule.", ("linear", "cosine", "constant", "constant_with_warmup"))
     warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")

@@ -52,6 +52,7 @@ class DataReport:
     files: list = field(default_factory=list)
     rows_read: int = 0
     rows_used: int = 0
+    rows_held_out: int = 0  # split off for validation: rows_read = rows_used + dropped + rows_held_out
     dropped: Counter = field(default_factory=Counter)
     token_lengths: dict = field(default_factory=dict)
     checks: dict = field(default_factory=dict)
@@ -61,12 +62,14 @@ class DataReport:
 
     def to_dict(self) -> dict:
         return {"files": self.files, "rows_read": self.rows_read, "rows_used": self.rows_used,
-                "dropped": dict(self.dropped), "token_lengths": self.token_lengths, "checks": self.checks}
+                "rows_held_out": self.rows_held_out, "dropped": dict(self.dropped),
+                "token_lengths": self.token_lengths, "checks": self.checks}
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}: {v}" for k, v in self.dropped.items()) or "none"
         lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
-        return f"rows read {self.rows_read}, used {self.rows_used}, dropped ({drops}); tokens {lengths}"
+        held = f", held out for validation {self.rows_held_out}" if self.rows_held_out else ""
+        return f"rows read {self.rows_read}, used {self.rows_used}{held}, dropped ({drops}); tokens {lengths}"
 
 
 def percentiles(values: list[int]) -> dict:
@@ -84,15 +87,35 @@ def _decode_lines(path: Path) -> list[tuple[int, str]]:
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(path, 1, "", "is UTF-16 (it starts with a UTF-16 byte-order mark); re-save the file as UTF-8")
     out = []
-    for i, chunk in enumerate(raw.split(b"\n"), start=1):
+    lines = raw.split(b"\n")
+    for i, chunk in enumerate(lines, start=1):
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(path, i, "", f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); "
-                                         "re-save the file as UTF-8") from None
+            raise DataError(path, i, _field_at(path, lines[0], chunk, e.start),
+                            f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); "
+                            "re-save the file as UTF-8") from None
         out.append((i, text.rstrip("\r")))
     return out
+
+
+def _field_at(path: Path, header: bytes, line: bytes, start: int) -> str:
+    """Best effort: the name of the field that holds the bad byte at `start` of `line` ('' if unknown)."""
+    bad = line[:start].decode("utf-8", "replace") + "\udcff"  # a marker where the bad byte is
+    text = bad + line[start + 1:].decode("utf-8", "replace")
+    try:
+        if path.suffix.lower() in (".csv", ".tsv", ".tab"):
+            names = next(csv.reader([header.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")],
+                                    delimiter="," if path.suffix.lower() == ".csv" else "\t"))
+            cells = next(csv.reader([text.rstrip("\r")], delimiter="," if path.suffix.lower() == ".csv" else "\t"))
+            return next((n for n, c in zip(names, cells) if "\udcff" in c), "")
+        obj = json.loads(text)
+        return next((str(k) for k, v in obj.items() if isinstance(v, str) and "\udcff" in v), "")
+    except (ValueError, StopIteration, AttributeError):
+        return ""
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:

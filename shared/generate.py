@@ -14,21 +14,43 @@ import torch
 
 from . import models, runs
 from .chat import ChatFormat
-from .config import ConfigError, GenerateSettings, RunConfig, anchor_data_paths, from_dict
+from .config import ConfigError, GenerateSettings, RunConfig, anchor_data_paths, apply, from_dict
 
 
-def load_run(run_dir: str | Path):
-    """(model with the run's adapter, tokenizer, chat format, run config) for inference."""
+def load_run(run_dir: str | Path, model_overrides: dict | None = None):
+    """(model with the run's adapter, tokenizer, chat format, run config) for inference.
+
+    model_overrides: model.* settings changed for this load only, e.g. {"quantization": "none"} to put the
+    adapter on an unquantized copy of the base (shared/export.py)."""
     from peft import PeftModel
 
     run_dir = Path(run_dir)
-    cfg: RunConfig = anchor_data_paths(from_dict(runs.read_json(run_dir / "run.json")["config"]))
-    model, tokenizer, fmt = models.load(cfg.model, training=False)
+    record = runs.read_json(run_dir / "run.json")
+    cfg: RunConfig = anchor_data_paths(from_dict(record["config"]))
+    if model_overrides:
+        apply(cfg, {f"model.{key}": value for key, value in model_overrides.items()})
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter} has no adapter_config.json")
-    model = PeftModel.from_pretrained(model, str(adapter))
+    if not (adapter / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
+        raise ConfigError(f"{adapter} has no adapter_model.safetensors; adapter weights are loaded only from "
+                          "safetensors (a .bin file is a pickle, and unpickling can run code)")
+    model, tokenizer, fmt = models.load(cfg.model, training=False)
+    if record.get("base_model"):  # runs trained before the fingerprint existed are not checked
+        differs = models.same_base(record["base_model"], models.fingerprint(model))
+        if differs:
+            raise ConfigError(f"the adapter in {run_dir} was trained on another base model than the one "
+                              f"'{cfg.model.name}' now loads ({differs}). Put the original base back at that "
+                              "path, or train a new run on this one.")
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, missing target modules
+        raise ConfigError(f"the adapter in {run_dir} does not fit the base model '{cfg.model.name}' "
+                          f"({e.__class__.__name__}: {str(e).strip().splitlines()[-1][:200]})") from None
     model.eval()
+    if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth's fast generation path, once the adapter is on
+        from .unsloth_backend import for_inference
+        model = for_inference(model)
     return model, tokenizer, fmt, cfg
 
 

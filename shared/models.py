@@ -105,16 +105,23 @@ def weight_dtype(cfg: ModelConfig, training: bool) -> torch.dtype:
 # ---------------------------------------------------------------- backends
 
 def resolve_backend(cfg: ModelConfig) -> str:
+    """'unsloth' or 'transformers'. auto: unsloth where it can run (a CUDA GPU and the package installed),
+    else transformers. Asking for unsloth where it cannot run is a ConfigError that says why and what to do."""
     import importlib.util
+    has_cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
-    if cfg.backend == "auto":
-        return "unsloth" if (torch.cuda.is_available() and has_unsloth) else "transformers"
+    if cfg.backend == "auto":  # several processes (accelerate launch): transformers, which DDP/FSDP/DeepSpeed wrap
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return "unsloth" if (has_cuda and has_unsloth and not several) else "transformers"
     if cfg.backend == "unsloth":
-        if not torch.cuda.is_available():
-            raise ConfigError("backend 'unsloth' needs a CUDA GPU (Unsloth's kernels are CUDA/Triton only); "
-                              "none is visible. Use --model.backend transformers.")
+        if not has_cuda:
+            raise ConfigError("backend 'unsloth' needs a CUDA GPU: Unsloth's kernels run only on NVIDIA GPUs, and "
+                              f"torch sees none (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}"
+                              "). On a machine with an NVIDIA GPU: pip install \".[gpu]\"; here: --backend "
+                              "transformers (or auto).")
         if not has_unsloth:
-            raise ConfigError("backend 'unsloth' is not installed. Install the GPU extra: pip install '.[gpu]'")
+            raise ConfigError("backend 'unsloth' is not installed. Install the GPU extra: pip install \".[gpu]\" "
+                              "(needs an NVIDIA GPU with CUDA), or use --backend transformers (or auto).")
     return cfg.backend
 
 
@@ -215,8 +222,10 @@ def _quantization_config(cfg: ModelConfig):
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
-    except ImportError:
-        raise ConfigError(f"quantization '{cfg.quantization}' needs bitsandbytes: pip install bitsandbytes") from None
+    except Exception as e:  # noqa: BLE001 - missing, or installed but broken (its import can raise RuntimeError)
+        raise ConfigError(f"quantization '{cfg.quantization}' needs bitsandbytes, which does not import here "
+                          f"({e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no message'}). "
+                          "Install it (pip install bitsandbytes) or use --model.quantization none.") from None
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -248,6 +257,48 @@ def _contiguous_output_layer(model) -> None:
         head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
+def _load_error(cfg: ModelConfig, kind: str, where: str, e: Exception) -> ConfigError:
+    """Turn a from_pretrained failure into one line that says what to do."""
+    first = str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__
+    if "trust_remote_code" in str(e):
+        return ConfigError(f"model '{cfg.name}' ships its own Python code, which runs only when you ask for it: "
+                           "add --model.trust_remote_code true if you trust its source")
+    if kind == "hub":
+        return ConfigError(f"could not load model '{cfg.name}' from the Hugging Face hub ({e.__class__.__name__}: "
+                           f"{first}). Registry names: {', '.join(REGISTRY)}; or pass a local folder or .gguf file.")
+    folder = Path(where)
+    if folder.is_dir() and not list(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if not pickles:
+            return ConfigError(f"model folder {where} has no weights (no .safetensors file)")
+        return ConfigError(f"model folder {where} has no .safetensors weights, only {', '.join(pickles[:3])}: "
+                           "pickled weights are not loaded, because unpickling can run code. Convert them to "
+                           "safetensors (save_pretrained(..., safe_serialization=True)) where you trust them.")
+    return ConfigError(f"could not load model '{cfg.name}' from {where} ({e.__class__.__name__}: {first})")
+
+
+def fingerprint(model) -> dict:
+    """What identifies a base model's weights cheaply: its architecture and a few input-embedding values.
+    Saved in run.json at training time, so loading the adapter on another base can be refused."""
+    conf = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    weight = model.get_input_embeddings().weight
+    sample = weight.detach()[:4, :16].float().flatten().cpu()
+    return {"model_type": conf.model_type, "vocab_size": int(weight.shape[0]), "hidden_size": int(weight.shape[1]),
+            "layers": getattr(conf, "num_hidden_layers", None),
+            "embedding_sample": [round(float(x), 6) for x in sample]}
+
+
+def same_base(saved: dict, current: dict) -> str | None:
+    """None when two fingerprints match (bf16 vs fp32 loading allowed), else what differs."""
+    for key in ("model_type", "vocab_size", "hidden_size", "layers"):
+        if saved.get(key) != current.get(key):
+            return f"{key} {saved.get(key)} vs {current.get(key)}"
+    a, b = torch.tensor(saved["embedding_sample"]), torch.tensor(current["embedding_sample"])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-2, atol=1e-3):
+        return "same architecture, different weights"
+    return None
+
+
 def load(cfg: ModelConfig, training: bool = True):
     """Load (model, tokenizer, chat_format) as the config says. Errors are ConfigError with a fix."""
     from transformers import AutoModelForCausalLM
@@ -258,18 +309,19 @@ def load(cfg: ModelConfig, training: bool = True):
     if backend == "unsloth":
         from .unsloth_backend import load_unsloth
         return load_unsloth(cfg, where, dtype)
+    quantization = _quantization_config(cfg)
     try:
         tokenizer, fmt = load_tokenizer(where, cfg)
+        # Weights only from safetensors, whatever the source: a .bin file is a pickle, and unpickling runs code.
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, quantization_config=_quantization_config(cfg),
-            trust_remote_code=cfg.trust_remote_code, use_safetensors=True if kind != "hub" else None,
-            device_map={"": 0} if torch.cuda.is_available() else None)
-    except (OSError, ValueError) as e:
-        if kind == "hub":
-            raise ConfigError(f"could not load model '{cfg.name}' from the Hugging Face hub ({e.__class__.__name__}: "
-                              f"{str(e).splitlines()[0][:200]}). Registry names: {', '.join(REGISTRY)}; or pass a "
-                              "local folder or .gguf file.") from None
+            where, dtype=dtype, quantization_config=quantization,
+            trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+            # each process of a multi-GPU launch loads onto its own GPU
+            device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
+    except ConfigError:
         raise
+    except (OSError, ValueError) as e:
+        raise _load_error(cfg, kind, where, e) from None
     _contiguous_output_layer(model)
     log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}")
     return model, tokenizer, fmt

@@ -30,16 +30,48 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, number of processes) as `accelerate launch` / torchrun set them; (0, 1) for a plain run."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True for the one process that writes the run folder (rank 0, or the only process)."""
+    return process_rank()[0] == 0
+
+
+def same_on_all_processes(value):
+    """Under several processes, return rank 0's `value` on every process (alone: `value` itself).
+
+    Sets up the process group now (through accelerate's PartialState, as the Trainer would); the Trainer
+    finds it initialized and reuses it."""
+    if process_rank()[1] <= 1:
+        return value
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState(cpu=not torch.cuda.is_available())  # as train.sft_config's use_cpu: gloo on CPUs
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def new_run_dir(runs_root: str | Path, product: str, model_name: str) -> Path:
-    base = Path(runs_root) / product
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_name).name)[:40]
-    path = base / f"{stamp}-{safe}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = base / f"{stamp}-{safe}-{n}"
-    return path
+    """A new, unused folder name under runs_root/product. Under several processes rank 0 picks it and the
+    others take rank 0's choice, so one launch writes one run folder (clocks and the exists() check would
+    otherwise differ between processes)."""
+    path = None
+    if is_main_process():
+        base = Path(runs_root) / product
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_name).name)[:40]
+        path = base / f"{stamp}-{safe}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = base / f"{stamp}-{safe}-{n}"
+    return same_on_all_processes(path)
 
 
 def mark_latest(run_dir: Path) -> None:

@@ -7,9 +7,11 @@ Flow: read + validate data -> tokenize once (prompt and completion separately, s
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def read_splits(cfg: RunConfig, task: Task, report: data_mod.DataReport):
         valid_rows = task.read(cfg.data.valid, data_mod.DataReport(), drop_duplicates=cfg.data.drop_duplicates)
     else:
         train_rows, valid_rows = data_mod.split(train_rows, cfg.data.valid_fraction, cfg.train.seed)
+        report.rows_held_out = len(valid_rows)
     report.checks = task.data_checks(train_rows)
     return train_rows, valid_rows
 
@@ -81,7 +84,74 @@ def build_datasets(cfg: RunConfig, task: Task, tokenizer, fmt, train_rows, valid
                              data_mod.DataReport()) if valid_rows else None
     if len(train_ds) == 0:
         raise data_mod.DataError(cfg.data.train, "", "", f"no usable rows ({report.summary()})")
+    if valid_ds is not None and len(valid_ds) == 0:  # every validation row too long: train without one
+        models.log(f"no validation row fits max_length={cfg.model.max_length}: training without validation loss")
+        valid_ds = None
     return train_ds, valid_ds
+
+
+def check_output(run_dir: Path) -> None:
+    """Pre-flight: the run folder can be created and written (tried for real, so read-only file systems and
+    root-owned folders are caught too), before the model loads."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output folder {run_dir} exists and is not a folder")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot create the run folder {run_dir}: {parent} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ConfigError(f"cannot write the run folder {run_dir}: {parent} is not writable ({e.strerror}). "
+                          "Pick another --output-dir.") from None
+
+
+def estimate_run_bytes(model, tokenizer, cfg: RunConfig) -> int:
+    """Disk a run needs, estimated before it starts: each checkpoint holds the LoRA weights, Adam's two moments
+    and the tokenizer; save_total_limit of them are kept (plus the one being written), then the adapter."""
+    targets = cfg.lora.target_modules or models.default_target_modules(cfg.model)
+    head = model.get_output_embeddings()
+    lora = sum(cfg.lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if hasattr(m, "in_features") and hasattr(m, "out_features") and m is not head
+               and (targets in ("all-linear", ["all-linear"]) or name.rsplit(".", 1)[-1] in targets))
+    folder = Path(getattr(tokenizer, "name_or_path", "") or "/nonexistent")
+    tok = sum(f.stat().st_size for f in folder.glob("tokenizer*") if f.is_file()) if folder.is_dir() else 0
+    kept = (cfg.train.save_total_limit or 1) + 1
+    return int(1.2 * (kept * (12 * lora + tok) + 4 * lora + tok)) + (16 << 20)
+
+
+def check_space(run_dir: Path, need: int) -> None:
+    """Pre-flight: refuse to start a run that would fill the disk half-way (a failed checkpoint loses work)."""
+    parent = Path(run_dir)
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise ConfigError(f"not enough free disk space for the run folder {run_dir}: it needs about "
+                          f"{need / 2**20:,.0f} MiB (checkpoints + adapter), {free / 2**20:,.0f} MiB are free on "
+                          f"{parent}. Free some space, pick another --output-dir, or lower train.save_total_limit.")
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) is there and parses.
+    A checkpoint half-written when the process was killed is set aside, never resumed from."""
+    import json
+    import re
+
+    if not folder.is_dir():
+        return None
+    found = sorted((int(m.group(1)), d) for d in folder.iterdir()
+                   if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name)))
+    for _, d in reversed(found):
+        try:
+            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(d)
+        except (OSError, ValueError):
+            models.log(f"{d.name} is incomplete (the run stopped while writing it): removing it")
+            shutil.rmtree(d, ignore_errors=True)
+    return None
 
 
 def _trainer_class():
@@ -91,12 +161,31 @@ def _trainer_class():
         """TRL's SFTTrainer with the answer-only output layer above (no full-vocabulary logits, no entropy)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = completion_loss(model, inputs, num_items_in_batch)
+            if hasattr(model, "module") and model is not self.model:  # DDP / FSDP / DeepSpeed wrapper
+                loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch))
+            else:
+                loss = completion_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
 
     return CompletionSFTTrainer
+
+
+def _through_wrapper(wrapper, compute):
+    """Run compute(inner model) as the forward of a DDP/FSDP/DeepSpeed wrapper, so the wrapper's own forward
+    runs around it: DDP prepares its gradient all-reduce there (calling the inner model directly, as the
+    answer-only loss does, would leave every process training on its own slice), FSDP gathers parameters."""
+    inner = wrapper.module
+    patched = inner.__dict__.get("forward")  # accelerate may have wrapped forward (autocast): put it back after
+    inner.forward = lambda *args, **kwargs: compute(inner)
+    try:
+        return wrapper()
+    finally:
+        if patched is not None:
+            inner.forward = patched
+        else:
+            del inner.forward
 
 
 def lora_config(cfg: RunConfig):
@@ -106,6 +195,17 @@ def lora_config(cfg: RunConfig):
         targets = "all-linear"
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def check_processes(cfg: RunConfig) -> None:
+    """Under several processes train.batch_size is the global batch; it must split evenly between them."""
+    world = runs.process_rank()[1]
+    if world == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        models.log("one process: `accelerate launch --cpu` starts a single process unless MPI is set up; for "
+                   "several CPU processes use `accelerate launch --multi_gpu --num_processes N` (docs/gpu.md)")
+    if world > 1 and cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly "
+                          f"over the {world} processes; use a multiple of {world}")
 
 
 def use_bf16(cfg: RunConfig) -> bool:
@@ -123,7 +223,12 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the total steps
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         seed=t.seed, data_seed=t.seed, bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=t.gradient_checkpointing,
+        # with Unsloth, its own checkpointing is switched on in unsloth_backend.add_lora instead
+        gradient_checkpointing=t.gradient_checkpointing and models.resolve_backend(cfg.model) != "unsloth",
+        # Several processes (accelerate launch): train.batch_size is the global batch, and each process takes
+        # its slice of every batch, so the data order and the loss do not depend on the number of processes.
+        accelerator_config={"split_batches": True} if runs.process_rank()[1] > 1 else None,
+        ddp_find_unused_parameters=False if runs.process_rank()[1] > 1 else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
@@ -143,6 +248,8 @@ def _progress_callback(run_dir: Path, record: dict):
             self.t0, self.step0 = time.time(), state.global_step
 
         def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero:  # several processes: rank 0 reports and writes run.json
+                return
             if not logs or "loss" not in logs:
                 if logs and "eval_loss" in logs:
                     models.log(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
@@ -198,38 +305,48 @@ def _raise_interrupt(signum, frame):
 def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume: bool = False,
           callbacks: tuple = ()) -> Path:
     """Train and write the run folder; returns it. Raises ConfigError/DataError before any training starts."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     t_start = time.time()
+    check_processes(cfg)
+    main = runs.is_main_process()  # several processes: only rank 0 writes the run folder
     # Everything that can fail on bad input happens before the run folder exists: nothing half-made is left.
     report = data_mod.DataReport()
     train_rows, valid_rows = read_splits(cfg, task, report)
+    check_output(run_dir)
     model, tokenizer, fmt = models.load(cfg.model, training=True)
+    check_space(run_dir, estimate_run_bytes(model, tokenizer, cfg))
+    t0 = time.time()
+    train_ds, valid_ds = build_datasets(cfg, task, tokenizer, fmt, train_rows, valid_rows, report)
+    prepare_data_s = round(time.time() - t0, 1)
+    peft_config = lora_config(cfg)
+    if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
+        from .unsloth_backend import add_lora
+        model, peft_config = add_lora(model, cfg), None
 
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = runs.read_json(run_dir / "run.json") if (resume and (run_dir / "run.json").is_file()) else {}
     record = {"status": "running", "product": task.name, "profile": cfg.profile, "profile_reason": profile_reason,
               "config": cfg.to_dict(), "versions": runs.versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "timings": {"load_model_s": round(time.time() - t_start, 1)}, "chat_format": fmt.family,
+              "timings": {"load_model_s": round(time.time() - t_start - prepare_data_s, 1)},
+              "chat_format": fmt.family,
               "resumed_from": None, "history": previous.get("history", [])}
-    save_yaml(cfg, run_dir / "config.yaml")
-    runs.write_json(run_dir / "run.json", record)
-    runs.mark_latest(run_dir)
+    record["base_model"] = models.fingerprint(model)  # load_run refuses this adapter on another base
+    if main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        runs.write_json(run_dir / "run.json", record)
+        runs.mark_latest(run_dir)
 
-    t0 = time.time()
-    train_ds, valid_ds = build_datasets(cfg, task, tokenizer, fmt, train_rows, valid_rows, report)
-    record["timings"]["prepare_data_s"] = round(time.time() - t0, 1)
+    record["timings"]["prepare_data_s"] = prepare_data_s
     record["data"] = report.to_dict()
-    runs.write_json(run_dir / "data_report.json", report.to_dict())
+    if main:
+        runs.write_json(run_dir / "data_report.json", report.to_dict())
     models.log(f"data: {report.summary()}")
 
     trainer = _trainer_class()(model=model, args=sft_config(cfg, run_dir, valid_ds is not None),
                          train_dataset=train_ds, eval_dataset=valid_ds, processing_class=tokenizer,
-                         peft_config=lora_config(cfg), callbacks=[_progress_callback(run_dir, record), *callbacks])
+                         peft_config=peft_config, callbacks=[_progress_callback(run_dir, record), *callbacks])
     trainable, total = trainer.model.get_nb_trainable_parameters()
     record["parameters"] = {"trainable": trainable, "total": total}
-    checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if resume and (run_dir / "checkpoints").is_dir() \
-        else None
+    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         models.log("no checkpoint found in this run folder: starting from step 0")
     record["resumed_from"] = checkpoint
@@ -240,23 +357,26 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_s = time.time() - t0
+        # Still inside: a stop while evaluating or writing adapter/ marks the run too (the last checkpoint holds
+        # every step, so --resume only redoes this part).
+        if valid_ds is not None:
+            record["eval_loss"] = trainer.evaluate().get("eval_loss")
+        _save_adapter(trainer, tokenizer, run_dir / "adapter")
     except KeyboardInterrupt:
         record.update(status="interrupted", loss_curve=_curve(trainer.state.log_history))
-        runs.write_json(run_dir / "run.json", record)
+        if main:
+            runs.write_json(run_dir / "run.json", record)
         models.log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
                    f"  python -m apps.{task.name}.train --output-dir {run_dir} --resume")
         raise
-    except BaseException:
-        record["status"] = "failed"
-        runs.write_json(run_dir / "run.json", record)
+    except BaseException as e:
+        record.update(status="failed", error=f"{e.__class__.__name__}: {e}"[:500])
+        if main:
+            runs.write_json(run_dir / "run.json", record)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_handler)
-    train_s = time.time() - t0
-
-    if valid_ds is not None:
-        record["eval_loss"] = trainer.evaluate().get("eval_loss")
-    _save_adapter(trainer, tokenizer, run_dir / "adapter")
 
     tokens = sum(len(x) for x in train_ds["input_ids"])
     steps_done = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
@@ -268,19 +388,30 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     record["loss_curve"] = _curve(trainer.state.log_history)
     record["history"] = record["history"] + [{"started": record["started"], "resumed_from": checkpoint,
                                               "steps": steps_done, "train_s": round(train_s, 1)}]
-    plot_loss(record["loss_curve"], run_dir / "loss.png")
     record["status"] = "completed"
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    runs.write_json(run_dir / "run.json", record)
+    if main:
+        plot_loss(record["loss_curve"], run_dir / "loss.png")
+        runs.write_json(run_dir / "run.json", record)
+    trainer.accelerator.wait_for_everyone()  # no process returns before the run folder is complete
     return run_dir
 
 
 def _save_adapter(trainer, tokenizer, out: Path) -> None:
     """Write adapter/ beside, then swap it in, so a crash never leaves a half-written adapter folder."""
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), save_embedding_layers=False)
-    tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    main = trainer.args.should_save  # rank 0 under several processes
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # sharded weights (FSDP, ZeRO-3): every process takes part in gathering them; rank 0 writes
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp))
+    elif main:
+        trainer.model.save_pretrained(str(tmp), save_embedding_layers=False)
+    if main:
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    trainer.accelerator.wait_for_everyone()

@@ -19,7 +19,7 @@ def _err(tmp_path, name, content: bytes) -> DataError:
     (b'{"en": 5, "ko": "b"}\n', 1, "en", "expected text, got int"),
     (b'{"en": null, "ko": "b"}\n', 1, "en", "missing (null)"),
     (b'{"en": "a", "ko": "b"}\n{"en": "a", "ko": \n', 2, "", "not valid JSON"),
-    (b'{"en": "a", "ko": "b"}\n{"en": "\xff\xfe", "ko": "b"}\n', 2, "", "not valid UTF-8"),
+    (b'{"en": "a", "ko": "b"}\n{"en": "\xff\xfe", "ko": "b"}\n', 2, "en", "not valid UTF-8"),
     (b'["en", "ko"]\n', 1, "", "expected a JSON object"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, content, line, field, problem):

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from shared import runs
 from shared.cli import decoding_overrides, eval_parser, run_cli
+from shared.config import anchor_data_paths, from_dict
+from shared.data import DataReport
 from shared.evaluation import predict_both
+from shared.train import read_splits
 
+from .baselines import run_baselines
 from .report import scatter, table
 from .task import TASK, is_hit, parse_price, price_metrics
 
@@ -24,7 +28,12 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
     if p.base is not None:
         base = [parse_price(x) for x in p.base]
         metrics["base"] = price_metrics(truth, base)
-    predictions = [{"line": r.line, "title": r["title"], "price": t, "finetuned_answer": ft_raw, "finetuned": ft,
+    # The baselines, fitted on the run's own training rows and scored on the same items, sit next to the LLMs.
+    cfg = anchor_data_paths(from_dict(runs.read_json(p.run_dir / "run.json")["config"]))
+    train_rows, _ = read_splits(cfg, TASK, DataReport())
+    metrics["baselines"] = run_baselines(train_rows, p.rows)
+    predictions = [{"line": r.line, "title": r["title"], "category": r.values.get("category") or "",
+                    "price": t, "finetuned_answer": ft_raw, "finetuned": ft,
                     "finetuned_hit": ft is not None and is_hit(t, ft),
                     "base_answer": b_raw, "base": b}
                    for r, t, ft_raw, ft, b_raw, b in zip(p.rows, truth, p.finetuned, tuned,
@@ -33,7 +42,7 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     shown = {"base model": metrics["base"]} if "base" in metrics else {}
-    print(table({**shown, "fine-tuned": metrics["finetuned"]}))
+    print(table({**metrics["baselines"], **shown, "fine-tuned": metrics["finetuned"]}))
     unparsed = [x for x in predictions if x["finetuned"] is None][:5]
     for x in unparsed:
         print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")

@@ -14,12 +14,17 @@ QUESTION = "How much does this cost to the nearest dollar?"
 ANSWER_PREFIX = "Price is $"
 MIN_PRICE, MAX_PRICE = 0.5, 999.49
 HIT_DOLLARS, HIT_FRACTION = 40.0, 0.20
+# The prompt keeps the first 60 words of the description. Real listings put the telling facts (brand, size,
+# material, pack count) first; on the dev data this cuts the mean prompt from 195 to 141 Gemma tokens, so a
+# CPU step is ~30% cheaper, and the same cut applies in training, evaluation, predict and the demo.
+DESCRIPTION_WORDS = 60
 
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d*))?")
 
 
-def prompt_text(title: str, description: str) -> str:
-    return f"{QUESTION}\n\n{title}\n{description}\n\n{ANSWER_PREFIX}"
+def prompt_text(title: str, description: str, max_words: int = DESCRIPTION_WORDS) -> str:
+    description = " ".join(description.split()[:max_words])
+    return f"{QUESTION}\n\n{title.strip()}\n{description}\n\n{ANSWER_PREFIX}"
 
 
 def completion_text(price: float) -> str:

@@ -1,0 +1,212 @@
+"""Export a run: merge its LoRA adapter into a 16-bit copy of the base and save a plain transformers model.
+
+    python -m shared.export --run runs/translator/mine --merged exports/translator-merged
+    python -m shared.export --run DIR --merged OUT --gguf OUT.gguf          # needs llama.cpp's converter
+    python -m shared.export --run DIR --merged OUT --push-to-hub user/name  # needs a hub token
+
+The base is loaded as the run's config says, except: never quantized (a run trained on a 4-bit base gets
+its base reloaded unquantized from the same source, because merging into 4-bit weights would round the
+adapter away), always with the transformers backend, and in --dtype (default: the run's weight dtype,
+bf16 where the device does bf16 fast, else fp32). The adapter from DIR/adapter is applied with PEFT
+(`generate.load_run`), merged with `merge_and_unload`, and the result saved as safetensors with the
+tokenizer, so `AutoModelForCausalLM.from_pretrained(OUT)` loads it with nothing from this project. Its
+generation config stops on the chat family's end-of-turn token; `export.json` records where it came from.
+
+A model merged from a 4-bit run is not bit-identical to "4-bit base + adapter" (the adapter was trained
+against the rounded weights); merged from an unquantized run it gives the same greedy outputs as base +
+adapter (tests/test_export.py).
+
+GGUF (--gguf) runs llama.cpp's `convert_hf_to_gguf.py` on the merged folder, found through $FT_GGUF_CONVERTER
+(the script or an executable), $LLAMA_CPP_DIR (a llama.cpp checkout) or PATH; without one the command
+stops before doing any work. --push-to-hub uploads the merged folder (a private repo unless --public) when a
+token exists ($HF_TOKEN, or `hf auth login`). Errors are one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import runs
+from .config import ConfigError
+
+CONVERTER = "convert_hf_to_gguf.py"
+GGUF_OUTTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shared.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder with a finished adapter/ (or 'latest' with --product)")
+    p.add_argument("--product", default="translator", choices=["translator", "price_predictor"],
+                   help="product whose latest run --run latest means (default: translator)")
+    p.add_argument("--merged", required=True, help="output folder for the merged model (safetensors + tokenizer)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="weights of the merged model (default: the run's weight dtype, never 4-/8-bit)")
+    p.add_argument("--gguf", help="also write this .gguf file (needs llama.cpp's convert_hf_to_gguf.py)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the merged folder to this hub repo (user/name)")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public")
+    p.add_argument("--overwrite", action="store_true", help="replace --merged if it exists")
+    return p
+
+
+# ---------------------------------------------------------------- pre-flight checks (before any loading)
+
+def find_converter() -> list[str] | None:
+    """The command that runs llama.cpp's HF -> GGUF converter, or None when none is installed."""
+    candidates = []
+    if os.environ.get("FT_GGUF_CONVERTER"):
+        candidates.append(Path(os.environ["FT_GGUF_CONVERTER"]).expanduser())
+    if os.environ.get("LLAMA_CPP_DIR"):
+        candidates.append(Path(os.environ["LLAMA_CPP_DIR"]).expanduser() / CONVERTER)
+    for name in (CONVERTER, "convert_hf_to_gguf", "convert-hf-to-gguf"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file():
+            return [sys.executable, str(path)] if path.suffix == ".py" else [str(path)]
+    return None
+
+
+def hub_token() -> str | None:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+        return get_token()
+    except Exception:  # noqa: BLE001 - no hub client or an unreadable token file: treated as no token
+        return None
+
+
+def preflight(args) -> tuple[Path, list[str] | None, str | None]:
+    """(run folder, GGUF converter command, hub token): everything that can be refused is refused here."""
+    if args.run in ("", "latest"):
+        run = runs.find_run("latest", "runs", args.product)
+    else:
+        run = Path(args.run)
+        product = runs.read_json(run / "run.json").get("product", args.product) if (run / "run.json").is_file() \
+            else args.product
+        run = runs.find_run(str(run), "runs", product)
+    out = Path(args.merged)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ConfigError(f"--merged {out} exists and is not empty; pass --overwrite to replace it")
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
+        raise ConfigError(f"--merged {out} is inside the run folder {run}; write the merged model elsewhere")
+    converter = None
+    if args.gguf:
+        converter = find_converter()
+        if converter is None:
+            raise ConfigError("--gguf: no GGUF converter found. Install llama.cpp (git clone "
+                              "https://github.com/ggml-org/llama.cpp; pip install -r llama.cpp/requirements.txt) "
+                              f"and set LLAMA_CPP_DIR to it, or FT_GGUF_CONVERTER to its {CONVERTER}; "
+                              "or drop --gguf")
+    token = None
+    if args.push_to_hub:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            raise ConfigError("--push-to-hub: HF_HUB_OFFLINE is set, so the hub cannot be reached; "
+                              "unset it, or drop --push-to-hub")
+        token = hub_token()
+        if not token:
+            raise ConfigError("--push-to-hub: no Hugging Face token found. Set HF_TOKEN (a write token) or run "
+                              "`hf auth login`; or drop --push-to-hub")
+    return run, converter, token
+
+
+# ---------------------------------------------------------------- the work
+
+def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) -> dict:
+    """Merge the run's adapter into an unquantized base and save it to `out` (written beside, then moved
+    into place). Returns what export.json records."""
+    import torch
+
+    from .generate import load_run, stop_ids
+
+    overrides = {"quantization": "none", "backend": "transformers"}
+    if dtype != "auto":
+        overrides["dtype"] = dtype
+    trained = runs.read_json(run / "run.json")["config"]["model"]
+    t0 = time.time()
+    model, tokenizer, fmt, cfg = load_run(run, model_overrides=overrides)
+    merged = model.merge_and_unload()
+    weights = {p.dtype for p in merged.parameters()}
+    if not weights <= {torch.bfloat16, torch.float16, torch.float32}:
+        raise ConfigError(f"the base loaded with weights {weights}, not 16-/32-bit floats; nothing was written")
+    merged.generation_config.eos_token_id = stop_ids(tokenizer, fmt)  # plain generate() stops like ours
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    info = {"run": str(run.resolve()), "base": cfg.model.name, "trained_quantization": trained.get("quantization"),
+            "merged_dtype": str(next(iter(weights))).replace("torch.", ""), "chat_format": fmt.family,
+            "end_of_turn": fmt.end_of_turn, "lora": runs.read_json(run / "run.json")["config"].get("lora"),
+            "exported": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": runs.versions()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        runs.write_json(tmp / "export.json", info)
+        if out.exists():
+            if not overwrite and any(out.iterdir()):
+                raise ConfigError(f"--merged {out} appeared while merging; nothing was replaced")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["merge_s"] = round(time.time() - t0, 1)
+    return info
+
+
+def to_gguf(converter: list[str], merged: Path, gguf: Path, dtype: str) -> None:
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*converter, str(merged), "--outfile", str(gguf), "--outtype", GGUF_OUTTYPE.get(dtype, "f16")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not gguf.is_file():
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"GGUF conversion failed (exit {done.returncode}: {last[0][:300]}); the merged model in "
+                          f"{merged} is complete. Command: {' '.join(cmd)}")
+
+
+def push(folder: Path, repo: str, token: str, public: bool) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo, private=not public, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Merged model from domain-finetune")
+    except Exception as e:  # noqa: BLE001 - network, permission and name errors alike: one line
+        raise ConfigError(f"--push-to-hub {repo} failed ({e.__class__.__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no message'}); "
+                          f"the merged model in {folder} is complete") from None
+    return str(url)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .cli import run_cli
+    from .models import log
+
+    def work():
+        args = parser().parse_args(argv)
+        run, converter, token = preflight(args)
+        out = Path(args.merged)
+        info = merge(run, out, args.dtype, args.overwrite)
+        log(f"merged {run} into {out} ({info['merged_dtype']}, base {info['base']}, trained with quantization "
+            f"{info['trained_quantization']}) in {info['merge_s']} s")
+        if converter:
+            to_gguf(converter, out, Path(args.gguf), info["merged_dtype"])
+            log(f"GGUF written: {args.gguf}")
+        if token:
+            log(f"pushed to {push(out, args.push_to_hub, token, args.public)}")
+        print(f"Merged model: {out}\nLoad it with: AutoModelForCausalLM.from_pretrained({str(out)!r}); prompts in "
+              f"the {info['chat_format']} chat format, stop on {info['end_of_turn']}")
+
+    run_cli(work)
+
+
+if __name__ == "__main__":
+    main()

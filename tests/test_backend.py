@@ -1,0 +1,177 @@
+"""Backend selection (shared/models.py:resolve_backend) and its messages, and the Unsloth backend's calls
+(shared/unsloth_backend.py), checked on the CPU against a stand-in `unsloth` module: this project's machines
+have no GPU, so the real package never runs here."""
+import importlib.util
+import json
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared import models
+from shared.config import ConfigError, ModelConfig, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def machine(monkeypatch):
+    """Pretend CUDA and/or the unsloth package are there: machine(cuda=True, unsloth=False)."""
+    real_find_spec = importlib.util.find_spec
+
+    def set_up(cuda: bool, unsloth: bool):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if unsloth else None) if name == "unsloth"
+                            else real_find_spec(name, *a))
+    return set_up
+
+
+@pytest.mark.parametrize("cuda, unsloth, expected", [(False, False, "transformers"), (False, True, "transformers"),
+                                                     (True, False, "transformers"), (True, True, "unsloth")])
+def test_auto_picks_unsloth_only_on_cuda_with_the_package(machine, cuda, unsloth, expected):
+    machine(cuda, unsloth)
+    assert models.resolve_backend(ModelConfig(backend="auto")) == expected
+    assert models.resolve_backend(ModelConfig(backend="transformers")) == "transformers"
+
+
+def test_auto_picks_transformers_under_several_processes(machine, monkeypatch):
+    machine(cuda=True, unsloth=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # accelerate launch: DDP/FSDP/DeepSpeed wrap the transformers model
+    assert models.resolve_backend(ModelConfig(backend="auto")) == "transformers"
+
+
+def test_unsloth_without_cuda_says_why_and_what_to_do(machine):
+    machine(cuda=False, unsloth=True)
+    with pytest.raises(ConfigError) as e:
+        models.resolve_backend(ModelConfig(backend="unsloth"))
+    msg = str(e.value)
+    assert "needs a CUDA GPU" in msg and "NVIDIA" in msg and 'pip install ".[gpu]"' in msg
+    assert "--backend transformers" in msg and "\n" not in msg
+
+
+def test_unsloth_not_installed_says_how_to_install(machine):
+    machine(cuda=True, unsloth=False)
+    with pytest.raises(ConfigError) as e:
+        models.resolve_backend(ModelConfig(backend="unsloth"))
+    msg = str(e.value)
+    assert "not installed" in msg and 'pip install ".[gpu]"' in msg and "NVIDIA GPU" in msg
+
+
+def test_the_gpu_extra_installs_unsloth():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("unsloth") for req in extras["gpu"])
+
+
+def test_backend_option_on_the_command_line(machine, tiny_model_dir, pairs_file, tmp_path, capsys):
+    """--backend is a shortcut for model.backend; on this CPU machine 'unsloth' stops with one line, exit 2,
+    before the model loads and before any run folder exists."""
+    import argparse
+
+    from apps.translator.task import TASK
+    from shared.cli import build_config, train_main, train_parser
+
+    argv = ["--backend", "transformers", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "r")]
+    args, rest = train_parser(TASK).parse_known_args(argv)
+    assert isinstance(args, argparse.Namespace)
+    assert build_config(TASK, args, rest)[0].model.backend == "transformers"
+
+    machine(cuda=False, unsloth=True)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train_main(TASK, ["--backend", "unsloth", "--model", str(tiny_model_dir), "--data", str(pairs_file),
+                          "--model.chat_template", "chatml", "--output-dir", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: backend 'unsloth' needs a CUDA GPU") and 'pip install ".[gpu]"' in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- the Unsloth calls, with a stand-in module
+
+class FakeFastLanguageModel:
+    """Records the calls; does what Unsloth does in plain transformers + PEFT, so training runs on the CPU."""
+    calls: list = []
+
+    @classmethod
+    def from_pretrained(cls, model_name, **kw):
+        from transformers import AutoModelForCausalLM
+        cls.calls.append(("from_pretrained", model_name, kw))
+        return AutoModelForCausalLM.from_pretrained(model_name, dtype=kw["dtype"]), object()
+
+    @classmethod
+    def get_peft_model(cls, model, **kw):
+        from peft import LoraConfig, get_peft_model
+        cls.calls.append(("get_peft_model", kw))
+        torch.manual_seed(kw["random_state"])
+        return get_peft_model(model, LoraConfig(r=kw["r"], lora_alpha=kw["lora_alpha"], bias=kw["bias"],
+                                                lora_dropout=kw["lora_dropout"], target_modules=kw["target_modules"],
+                                                task_type="CAUSAL_LM"))
+
+    @classmethod
+    def for_inference(cls, model):
+        cls.calls.append(("for_inference", type(model).__name__))
+        return model
+
+
+@pytest.fixture()
+def fake_unsloth(monkeypatch):
+    module = types.ModuleType("unsloth")
+    module.FastLanguageModel = FakeFastLanguageModel
+    FakeFastLanguageModel.calls = []
+    monkeypatch.setitem(sys.modules, "unsloth", module)
+    return FakeFastLanguageModel.calls
+
+
+def test_load_unsloth_asks_for_4bit_loading(fake_unsloth, tiny_model_dir):
+    from shared.unsloth_backend import load_unsloth
+
+    cfg = ModelConfig(name=str(tiny_model_dir), chat_template="chatml", quantization="4bit", max_length=192)
+    model, tokenizer, fmt = load_unsloth(cfg, str(tiny_model_dir), torch.bfloat16)
+    name, where, kw = fake_unsloth[0]
+    assert (name, where) == ("from_pretrained", str(tiny_model_dir))
+    assert kw["load_in_4bit"] is True and kw["load_in_8bit"] is False
+    assert kw["max_seq_length"] == 192 and kw["dtype"] == torch.bfloat16
+    assert fmt.family == "chatml" and tokenizer.pad_token_id != tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_training_and_generation_through_the_unsloth_path(fake_unsloth, monkeypatch, tiny_model_dir, pairs_file,
+                                                          tmp_path):
+    """train() with backend unsloth: Unsloth loads the model and adds the LoRA adapter with the run's settings
+    (no peft_config for the trainer); load_run switches the model to Unsloth's inference mode."""
+    from apps.translator.task import TASK
+    from shared.generate import load_run
+    from shared.train import sft_config, train
+
+    monkeypatch.setattr(models, "resolve_backend", lambda cfg: "unsloth")
+    cfg = resolve(cli={"model.name": str(tiny_model_dir), "model.chat_template": "chatml", "model.dtype": "float32",
+                       "data.train": str(pairs_file), "data.valid_fraction": 0.1, "train.max_steps": 2,
+                       "train.batch_size": 4, "train.bf16": "false", "train.gradient_checkpointing": "true",
+                       "train.seed": 7, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+                       "lora.target_modules": ["q_proj", "v_proj"], "output.dir": str(tmp_path / "run")})
+    assert sft_config(cfg, tmp_path / "x", False).gradient_checkpointing is False  # Unsloth checkpoints itself
+    run = train(TASK, cfg, tmp_path / "run", "test")
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    peft_call = [c for c in fake_unsloth if c[0] == "get_peft_model"]
+    assert len(peft_call) == 1
+    assert peft_call[0][1] == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+                               "bias": "none", "use_gradient_checkpointing": "unsloth", "random_state": 7}
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+    model, *_ = load_run(run)
+    assert fake_unsloth[-1] == ("for_inference", "PeftModelForCausalLM")
+
+
+def test_all_linear_is_spelt_out_for_unsloth(fake_unsloth, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from shared.unsloth_backend import add_lora
+
+    cfg = resolve(cli={"model.name": str(tiny_model_dir), "lora.target_modules": "all-linear"})
+    add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), cfg)
+    assert fake_unsloth[-1][1]["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+                                                     "up_proj", "v_proj"]
+    assert fake_unsloth[-1][1]["use_gradient_checkpointing"] is False

@@ -1,0 +1,289 @@
+"""The Streamlit demos: input checks and run discovery (plain functions), the pages with Streamlit's AppTest on
+tiny runs made here, and (marked slow) each demo in a real headless Chromium on loopback."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from shared import demo, runs
+from shared.config import resolve
+from shared.train import train
+
+from .conftest import PAIRS, ROOT, write_jsonl
+
+TRANSLATOR_PAGE = str(ROOT / "apps" / "translator" / "demo.py")
+PRICE_PAGE = str(ROOT / "apps" / "price_predictor" / "demo.py")
+ITEMS = [{"title": f"{name} {size}", "description": f"A {size} {name.lower()} with {extra}.", "category": cat,
+          "price": price}
+         for name, size, extra, cat, price in [
+             ("Steel Kettle", "1.7 L", "auto shut-off", "Kitchen", 39.0), ("Desk Lamp", "LED", "three modes", "Home", 24.0),
+             ("Hiking Boots", "size 10", "a waterproof lining", "Outdoors", 129.0),
+             ("USB Cable", "2 m", "braided nylon", "Electronics", 9.0), ("Office Chair", "mesh", "lumbar support",
+                                                                          "Home", 189.0),
+             ("Yoga Mat", "6 mm", "a carry strap", "Sports", 29.0), ("Blender", "1000 W", "six speeds", "Kitchen", 79.0),
+             ("Backpack", "30 L", "a laptop sleeve", "Outdoors", 59.0)]]
+
+
+# ---------------------------------------------------------------- plain functions
+def test_check_text_empty_long_and_non_english():
+    assert demo.check_text("   ", "English text", 100).error == "Enter the English text."
+    assert demo.check_text("", "description", 100, required=False).error is None
+    long = demo.check_text("word " * 100, "English text", 50)
+    assert long.error is None and len(long.text) <= 50 and long.text.endswith("word")
+    assert "499 characters long; only the first 49 were used" in long.notes[0]
+    korean = demo.check_text("안녕하세요 반갑습니다", "English text", 100, english_only=True)
+    assert korean.error and "does not look like English" in korean.error
+    note_only = demo.check_text("전기 주전자 1.7 L", "title", 100)
+    assert note_only.error is None and "does not look like English" in note_only.notes[0]
+    fine = demo.check_text("  The museum\nopens at nine. ", "English text", 100, english_only=True)
+    assert (fine.text, fine.error, fine.notes) == ("The museum opens at nine.", None, [])
+
+
+def test_finished_runs_skip_unfinished_and_put_latest_first(tmp_path):
+    def make(name, finished):
+        path = tmp_path / "translator" / name
+        (path / "adapter").mkdir(parents=True)
+        runs.write_json(path / "run.json", {"status": "completed" if finished else "running"})
+        if finished:
+            (path / "adapter" / "adapter_config.json").write_text("{}")
+        return path
+
+    older, unfinished, newer = make("a-older", True), make("b-running", False), make("c-newer", True)
+    assert demo.finished_runs(tmp_path, "translator") == [newer, older]
+    runs.mark_latest(older)
+    assert demo.finished_runs(tmp_path, "translator") == [older, newer]
+    assert unfinished not in demo.finished_runs(tmp_path, "translator")
+    assert demo.finished_runs(tmp_path, "price_predictor") == []
+
+
+# ---------------------------------------------------------------- tiny runs for the pages
+def _tiny_run(task, model_dir, data: Path, root: Path, name: str) -> Path:
+    flat = {"model.name": str(model_dir), "model.chat_template": "chatml", "model.dtype": "float32",
+            "data.train": str(data), "data.valid": str(data), "data.test": str(data), "train.max_steps": 2,
+            "train.batch_size": 4, "train.save_steps": 100, "train.logging_steps": 1, "train.bf16": "false",
+            "lora.r": 4, "lora.target_modules": ["q_proj", "v_proj"], "generate.max_new_tokens": 12,
+            "output.dir": str(root)}
+    run = train(task, resolve(cli=flat), root / task.name / name, "test")
+    runs.mark_latest(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, tiny_model_dir):
+    from apps.price_predictor import evaluate as price_eval
+    from apps.price_predictor.task import TASK as PRICE
+    from apps.translator import evaluate as translator_eval
+    from apps.translator.task import TASK as TRANSLATOR
+
+    root = tmp_path_factory.mktemp("runs")
+    pairs = write_jsonl(root / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
+    items = write_jsonl(root / "items.jsonl", ITEMS)
+    translator_run = _tiny_run(TRANSLATOR, tiny_model_dir, pairs, root, "tiny-translator")
+    translator_eval.evaluate(str(translator_run), limit=3)
+    price_run = _tiny_run(PRICE, tiny_model_dir, items, root, "tiny-price")
+    price_eval.evaluate(str(price_run))
+    return root
+
+
+@pytest.fixture()
+def in_runs(runs_root, monkeypatch):
+    monkeypatch.setenv(demo.RUNS_ENV, str(runs_root))
+    return runs_root
+
+
+def _app(page):
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(page, default_timeout=180)
+
+
+def _texts(at) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+                     + [e.value for e in at.error] + [w.value for w in at.warning] + [c.value for c in at.code])
+
+
+def _expected(run_dir: Path, text: str, use_base: bool) -> str:
+    """What the page must show: the same greedy answer through the same code path, loaded separately."""
+    from apps.translator.task import TASK, source_row
+
+    loaded = demo.load(run_dir)
+    row = source_row(text)
+    budget = min(loaded.cfg.generate.max_new_tokens, TASK.answer_budget(row, loaded.tokenizer))
+    return "".join(demo.stream_answer(loaded, TASK.inference_prompt(row, loaded.fmt), loaded.cfg.generate,
+                                      use_base, budget, first_line_only=True))
+
+
+# ---------------------------------------------------------------- pages (AppTest)
+@pytest.mark.parametrize("page, product", [(TRANSLATOR_PAGE, "translator"), (PRICE_PAGE, "price_predictor")])
+def test_no_run_page_gives_the_command(page, product, tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.RUNS_ENV, str(tmp_path))
+    at = _app(page).run()
+    assert not at.exception
+    assert f"No finished {product.replace('_', ' ')} run" in at.warning[0].value
+    assert f"python -m apps.{product}.train" in at.code[0].value
+
+
+def test_translator_page_shows_base_and_finetuned_and_history(in_runs):
+    at = _app(TRANSLATOR_PAGE).run()
+    assert not at.exception
+    assert "BLEU" in at.dataframe[0].value.columns  # the run's metrics
+    at.text_area(key="english").input("Where is the station?")
+    at.button[0].click().run()
+    assert not at.exception
+    run_dir = in_runs / "translator" / "tiny-translator"
+    shown = [m.value for m in at.markdown]
+    assert "**base**" in shown and "**fine-tuned**" in shown
+    history = at.session_state["history"]
+    assert len(history) == 1 and history[0]["English"] == "Where is the station?"
+    assert history[0]["base"] == _expected(run_dir, "Where is the station?", use_base=True)
+    assert history[0]["fine-tuned"] == _expected(run_dir, "Where is the station?", use_base=False)
+    at.text_area(key="english").input("Please close the door.")
+    at.button[0].click().run()
+    assert len(at.session_state["history"]) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("   ", "Enter the English text."),
+    ("오늘은 비가 옵니다", "does not look like English"),
+])
+def test_translator_page_rejects_bad_input_with_a_message(in_runs, text, message):
+    at = _app(TRANSLATOR_PAGE).run()
+    at.text_area(key="english").input(text)
+    at.button[0].click().run()
+    assert not at.exception
+    assert message in at.error[0].value
+    assert "history" not in at.session_state
+
+
+def test_translator_page_truncates_long_input_visibly(in_runs):
+    at = _app(TRANSLATOR_PAGE).run()
+    at.text_area(key="english").input("The store opens at nine. " * 60)
+    at.button[0].click().run()
+    assert not at.exception
+    assert "only the first" in at.info[0].value
+    assert len(at.session_state["history"][0]["English"]) <= 600
+
+
+def test_price_page_predicts_and_filters_evaluated_items(in_runs):
+    at = _app(PRICE_PAGE).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["constant (train mean)", "tf-idf + ridge", "base model", "fine-tuned"]
+    assert "8 of 8 items" in _texts(at)
+    at.multiselect(key="categories").select("Kitchen").run()
+    assert "2 of 8 items" in _texts(at)
+    at.text_input(key="query").input("kettle").run()
+    assert "1 of 8 items" in _texts(at)
+    at.text_input(key="title").input("Steel Kettle 1.7 L")
+    at.text_area(key="description").input("word " * 80)
+    at.button[0].click().run()
+    assert not at.exception
+    assert [m.label for m in at.metric] == ["base", "fine-tuned"]
+    assert any("first 60 words" in i.value for i in at.info)
+    at.text_input(key="title").input("")
+    at.button[0].click().run()
+    assert "Enter the title." in at.error[0].value
+
+
+def test_concurrent_sessions_do_not_mix_base_and_finetuned(in_runs):
+    """Two sessions generating at once share one model; the lock keeps the adapter switch of one from leaking
+    into the other."""
+    run_dir = in_runs / "translator" / "tiny-translator"
+    text = "It is raining today."
+    expected = {True: _expected(run_dir, text, True), False: _expected(run_dir, text, False)}
+    assert expected[True] != expected[False]
+    loaded = demo.load(run_dir)
+    from apps.translator.task import TASK, source_row
+
+    prompt = TASK.inference_prompt(source_row(text), loaded.fmt)
+    results: list[tuple[bool, str]] = []
+
+    def session(use_base):
+        for _ in range(3):
+            results.append((use_base, "".join(demo.stream_answer(loaded, prompt, loaded.cfg.generate, use_base, 12,
+                                                                 first_line_only=True))))
+
+    threads = [threading.Thread(target=session, args=(flag,)) for flag in (True, False, True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 12 and all(answer == expected[flag] for flag, answer in results)
+
+
+def test_demos_bind_to_loopback_by_default():
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+
+
+# ---------------------------------------------------------------- real browser
+@pytest.fixture(scope="module")
+def gemma_runs(tmp_path_factory, gemma_dir):
+    """Runs of the embedded Gemma 3 270M (2 steps each): unlike the tiny random model, it writes readable text,
+    which the browser test can compare with what the same code path gives in this process."""
+    from apps.price_predictor.task import TASK as PRICE
+    from apps.translator.task import TASK as TRANSLATOR
+
+    root = tmp_path_factory.mktemp("gemma-runs")
+    pairs = write_jsonl(root / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
+    items = write_jsonl(root / "items.jsonl", ITEMS)
+    for task, data in ((TRANSLATOR, pairs), (PRICE, items)):
+        flat = {"model.name": "gemma3-270m", "model.max_length": 160, "data.train": str(data),
+                "data.valid": str(data), "data.test": str(data), "train.max_steps": 2, "train.batch_size": 4,
+                "train.save_steps": 100, "lora.r": 4, "generate.max_new_tokens": 24, "output.dir": str(root)}
+        runs.mark_latest(train(task, resolve(cli=flat), root / task.name / "gemma-2-steps", "test"))
+    return root
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page, product", [(TRANSLATOR_PAGE, "translator"), (PRICE_PAGE, "price_predictor")])
+def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
+    """Start the demo on loopback, type an input in Chromium, wait for both outputs, compare them with the same
+    greedy answers made here, and keep a screenshot under tests/output/."""
+    from apps.price_predictor.task import TASK as PRICE, item_row, parse_price
+
+    from .browser import chromium_page, streamlit_server
+
+    monkeypatch.setenv(demo.RUNS_ENV, str(gemma_runs))
+    run_dir = gemma_runs / product / "gemma-2-steps"
+    shots = ROOT / "tests" / "output"
+    shots.mkdir(exist_ok=True)
+    with streamlit_server(page, gemma_runs) as url, chromium_page() as browser:
+        browser.goto(url)
+        if product == "translator":
+            text = "Thank you very much."
+            browser.get_by_label("English", exact=True).fill(text)
+            browser.get_by_role("button", name="Translate").click()
+            browser.get_by_text("generated in").nth(1).wait_for(timeout=300_000)  # under the second output
+            columns = browser.locator("[data-testid='stColumn']")
+            shown = [_words(columns.nth(i).inner_text()) for i in range(2)]
+            for column, use_base, label in ((shown[0], True, "base"), (shown[1], False, "fine-tuned")):
+                answer = _words(_expected(run_dir, text, use_base))
+                assert column.startswith(label)
+                assert answer[:20] in column, (label, answer, column)
+        else:
+            title, description = "Steel Kettle 1.7 L", "A 1.7 L kettle with auto shut-off."
+            browser.get_by_label("Title", exact=True).fill(title)
+            browser.get_by_label("Description").fill(description)
+            browser.get_by_role("button", name="Predict price").click()
+            metrics = browser.locator("[data-testid='stMetric']")
+            metrics.nth(1).wait_for(timeout=180_000)
+            loaded = demo.load(run_dir)
+            row = item_row(title, description)
+            prompt = PRICE.inference_prompt(row, loaded.fmt)
+            for i, (label, use_base) in enumerate((("base", True), ("fine-tuned", False))):
+                price = parse_price(demo.generate_answer(loaded, prompt, loaded.cfg.generate, use_base, 8))
+                value = f"${price:,.2f}" if price is not None else "no price"
+                assert _words(metrics.nth(i).inner_text()) == f"{label} {value}"
+        browser.screenshot(path=str(shots / f"demo-{product}.png"), full_page=True)
+        assert (shots / f"demo-{product}.png").stat().st_size > 10_000
+        assert "Traceback" not in browser.content()
