@@ -110,10 +110,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _vm_hwm_mb() -> float | None:
+def _vm_mb(field: str = "VmHWM") -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -127,7 +127,7 @@ def _meter():
     class Meter(TrainerCallback):
         def __init__(self):
             self.step_s, self.steps, self.losses, self._batch = [], [], [], None
-            self.process_peak_before_train_mb = None
+            self.process_peak_before_train_mb = self.rss_at_train_start_mb = None
             self.hwm_reset = False
 
         def count(self, inputs) -> None:
@@ -141,6 +141,7 @@ def _meter():
 
         def on_train_begin(self, args, state, control, **kw):
             self.process_peak_before_train_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.rss_at_train_start_mb = _vm_mb("VmRSS")
             self.hwm_reset = _reset_peak_rss()
 
         def on_step_begin(self, args, state, control, **kw):
@@ -194,7 +195,8 @@ def _side_result(side: str, trainer, meter, load_s: float, weight_dtype) -> dict
             # of the peak before training (model load) and the peak since.
             "peak_rss_mb": max(meter.process_peak_before_train_mb or 0.0,
                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "train_peak_rss_mb": _vm_hwm_mb() if meter.hwm_reset else None,
+            "train_peak_rss_mb": _vm_mb("VmHWM") if meter.hwm_reset else None,
+            "rss_at_train_start_mb": meter.rss_at_train_start_mb,
             "peak_before_train_mb": meter.process_peak_before_train_mb,
             "threads": __import__("torch").get_num_threads()}
 
@@ -247,6 +249,12 @@ def run_trl(a: argparse.Namespace, work: Path) -> dict:
     # The same rows as ours: ours drops rows over max_length (never truncates), so drop the same ones here.
     pairs = [TASK.prompt_completion(r, fmt) for r in read_rows(a)]
     pairs = [(p, c) for p, c in pairs if len(tokenize_pair(tokenizer, p, c)[0]) <= cfg.model.max_length]
+    # TRL tokenizes plain text with the tokenizer's special tokens, so a tokenizer that adds BOS would give
+    # "<bos><bos>..." with our rendered prompt: leave the rendered BOS out here, so both sides train on the
+    # same token sequences (the table's batch hashes check it).
+    if fmt.bos and tokenizer.bos_token_id is not None and \
+            tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        pairs = [(p[len(fmt.bos):] if p.startswith(fmt.bos) else p, c) for p, c in pairs]
     dataset = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
     t = cfg.train
     args = SFTConfig(
@@ -309,7 +317,8 @@ def summarize(r: dict, peak_gflops: float) -> dict:
             "mfu": flops / w_time / 1e9 / peak_gflops if w_time and peak_gflops else 0.0,
             "final_loss": sum(last) / len(last) if last else float("nan"),
             "first_loss": r["losses"][0]["loss"] if r["losses"] else float("nan"),
-            "peak_rss_mb": r["peak_rss_mb"], "train_peak_rss_mb": r["train_peak_rss_mb"], "load_s": r["load_s"]}
+            "peak_rss_mb": r["peak_rss_mb"], "train_peak_rss_mb": r["train_peak_rss_mb"], "load_s": r["load_s"],
+            "rss_at_train_start_mb": r.get("rss_at_train_start_mb")}
 
 
 def run_side_subprocess(side: str, argv: list[str], work: Path) -> dict:
@@ -350,7 +359,8 @@ def table(s: dict[str, dict], raw: dict[str, dict], peak: float, peak_dtype: str
              row("model GFLOP/s", "gflops_per_s"),
              row(f"MFU (of {peak:,.0f} GFLOP/s {peak_dtype} peak)", "mfu", "{:.1%}"),
              row("peak RSS MB (process)", "peak_rss_mb", "{:,.0f}"),
-             row("peak RSS MB (training only)", "train_peak_rss_mb", "{:,.0f}"),
+             row("RSS MB when training starts", "rss_at_train_start_mb", "{:,.0f}"),
+             row("peak RSS MB (during training)", "train_peak_rss_mb", "{:,.0f}"),
              row(f"loss (mean of last {LAST_LOGGED} steps)", "final_loss", "{:.4f}"),
              row("loss at step 1", "first_loss", "{:.4f}"),
              row("model load + setup s", "load_s", "{:.1f}"),

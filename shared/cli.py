@@ -115,6 +115,7 @@ def train_main(task: Task, argv: list[str] | None = None) -> None:
         cfg, run_dir, reason = build_config(task, args, rest)
         log(f"profile: {cfg.profile} ({reason})")
         out = train(task, cfg, run_dir, reason, resume=args.resume)
-        print(f"\nDone. Run folder: {out}\nEvaluate it:  python -m apps.{task.name}.evaluate --run {out}")
+        if runs.is_main_process():  # once, not once per process under accelerate launch
+            print(f"\nDone. Run folder: {out}\nEvaluate it:  python -m apps.{task.name}.evaluate --run {out}")
 
     run_cli(main)

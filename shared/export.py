@@ -165,7 +165,7 @@ def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) ->
 def to_gguf(converter: list[str], merged: Path, gguf: Path, dtype: str) -> None:
     gguf.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*converter, str(merged), "--outfile", str(gguf), "--outtype", GGUF_OUTTYPE.get(dtype, "f16")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not gguf.is_file():
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ConfigError(f"GGUF conversion failed (exit {done.returncode}: {last[0][:300]}); the merged model in "

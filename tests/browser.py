@@ -79,16 +79,20 @@ def streamlit_server(page: str, runs_root: Path, timeout: float = 120.0):
 
 
 @contextlib.contextmanager
-def chromium_page():
-    """A Playwright page in headless Debian Chromium with a fresh profile."""
+def chromium():
+    """Headless Debian Chromium under Playwright; `new_page(browser)` opens one tab (one Streamlit session)."""
     executable = find_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(240_000)  # the first page load also loads the model
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def new_page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(240_000)  # the first page load also loads the model, on a busy 2-core CPU
+    return page

@@ -66,7 +66,7 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
          "-m", "apps.translator.train", *_args(tiny_model_dir, data), "--set", f"output.runs_root={tmp_path / 'runs'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert launched.returncode == 0, launched.stderr[-4000:]
 
     product = tmp_path / "runs" / "translator"

@@ -4,11 +4,12 @@ have no GPU, so the real package never runs here."""
 import importlib.util
 import json
 import sys
-import tomllib
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import tomllib
 import torch
 
 from shared import models
@@ -94,7 +95,7 @@ def test_backend_option_on_the_command_line(machine, tiny_model_dir, pairs_file,
 
 class FakeFastLanguageModel:
     """Records the calls; does what Unsloth does in plain transformers + PEFT, so training runs on the CPU."""
-    calls: list = []
+    calls: ClassVar[list] = []
 
     @classmethod
     def from_pretrained(cls, model_name, **kw):
@@ -130,7 +131,7 @@ def test_load_unsloth_asks_for_4bit_loading(fake_unsloth, tiny_model_dir):
     from shared.unsloth_backend import load_unsloth
 
     cfg = ModelConfig(name=str(tiny_model_dir), chat_template="chatml", quantization="4bit", max_length=192)
-    model, tokenizer, fmt = load_unsloth(cfg, str(tiny_model_dir), torch.bfloat16)
+    _, tokenizer, fmt = load_unsloth(cfg, str(tiny_model_dir), torch.bfloat16)
     name, where, kw = fake_unsloth[0]
     assert (name, where) == ("from_pretrained", str(tiny_model_dir))
     assert kw["load_in_4bit"] is True and kw["load_in_8bit"] is False
@@ -161,7 +162,7 @@ def test_training_and_generation_through_the_unsloth_path(fake_unsloth, monkeypa
                                "bias": "none", "use_gradient_checkpointing": "unsloth", "random_state": 7}
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
-    model, *_ = load_run(run)
+    load_run(run)
     assert fake_unsloth[-1] == ("for_inference", "PeftModelForCausalLM")
 
 

@@ -251,39 +251,47 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
     greedy answers made here, and keep a screenshot under tests/output/."""
     from apps.price_predictor.task import TASK as PRICE, item_row, parse_price
 
-    from .browser import chromium_page, streamlit_server
+    from .browser import chromium, new_page, streamlit_server
 
     monkeypatch.setenv(demo.RUNS_ENV, str(gemma_runs))
     run_dir = gemma_runs / product / "gemma-2-steps"
     shots = ROOT / "tests" / "output"
     shots.mkdir(exist_ok=True)
-    with streamlit_server(page, gemma_runs) as url, chromium_page() as browser:
-        browser.goto(url)
+    with streamlit_server(page, gemma_runs) as url, chromium() as browser:
+        tab = new_page(browser)
+        tab.goto(url)
         if product == "translator":
             text = "Thank you very much."
-            browser.get_by_label("English", exact=True).fill(text)
-            browser.get_by_role("button", name="Translate").click()
-            browser.get_by_text("generated in").nth(1).wait_for(timeout=300_000)  # under the second output
-            columns = browser.locator("[data-testid='stColumn']")
+            tab.get_by_label("English", exact=True).fill(text)
+            tab.get_by_role("button", name="Translate").click()
+            tab.get_by_text("generated in").nth(1).wait_for()  # the timing caption under the second output
+            columns = tab.locator("[data-testid='stColumn']")
             shown = [_words(columns.nth(i).inner_text()) for i in range(2)]
             for column, use_base, label in ((shown[0], True, "base"), (shown[1], False, "fine-tuned")):
                 answer = _words(_expected(run_dir, text, use_base))
                 assert column.startswith(label)
                 assert answer[:20] in column, (label, answer, column)
         else:
-            title, description = "Steel Kettle 1.7 L", "A 1.7 L kettle with auto shut-off."
-            browser.get_by_label("Title", exact=True).fill(title)
-            browser.get_by_label("Description").fill(description)
-            browser.get_by_role("button", name="Predict price").click()
-            metrics = browser.locator("[data-testid='stMetric']")
-            metrics.nth(1).wait_for(timeout=180_000)
+            # Three sessions at once, each with its own product: each must show its own two prices.
             loaded = demo.load(run_dir)
-            row = item_row(title, description)
-            prompt = PRICE.inference_prompt(row, loaded.fmt)
-            for i, (label, use_base) in enumerate((("base", True), ("fine-tuned", False))):
-                price = parse_price(demo.generate_answer(loaded, prompt, loaded.cfg.generate, use_base, 8))
-                value = f"${price:,.2f}" if price is not None else "no price"
-                assert _words(metrics.nth(i).inner_text()) == f"{label} {value}"
-        browser.screenshot(path=str(shots / f"demo-{product}.png"), full_page=True)
+            titles = ["Steel Kettle 1.7 L", "Hiking Boots size 10", "USB Cable 2 m"]
+            tabs = [tab] + [new_page(browser) for _ in titles[1:]]
+            for other in tabs[1:]:
+                other.goto(url)
+            for t, title in zip(tabs, titles):
+                t.get_by_label("Title", exact=True).fill(title)
+                t.get_by_label("Description", exact=True).fill(f"{title}, sold new.")
+            for t in tabs:
+                t.get_by_role("button", name="Predict price").click()
+            for t, title in zip(tabs, titles):
+                metrics = t.locator("[data-testid='stMetric']")
+                metrics.nth(1).wait_for()
+                prompt = PRICE.inference_prompt(item_row(title, f"{title}, sold new."), loaded.fmt)
+                for i, (label, use_base) in enumerate((("base", True), ("fine-tuned", False))):
+                    price = parse_price(demo.generate_answer(loaded, prompt, loaded.cfg.generate, use_base, 8))
+                    value = f"${price:,.2f}" if price is not None else "no price"
+                    assert _words(metrics.nth(i).inner_text()) == f"{label} {value}", (title, label)
+                assert "Traceback" not in t.content()
+        tab.screenshot(path=str(shots / f"demo-{product}.png"), full_page=True)
         assert (shots / f"demo-{product}.png").stat().st_size > 10_000
-        assert "Traceback" not in browser.content()
+        assert "Traceback" not in tab.content()
