@@ -22,11 +22,15 @@ class Predictions:
     base: list[str] | None
     decoding: dict
     timings: dict
+    extra: object = None  # what the `extra` hook returned (e.g. the price predictor's beam candidates)
 
 
 def predict_both(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
-                 with_base: bool = True, **generate_overrides) -> Predictions:
-    """Generate raw answers for every test row with the fine-tuned model and (optionally) the base model."""
+                 with_base: bool = True, extra=None, **generate_overrides) -> Predictions:
+    """Generate raw answers for every test row with the fine-tuned model and (optionally) the base model.
+
+    extra: optional fn(model, tokenizer, fmt, prompts) -> anything, run with the fine-tuned model loaded, for
+    a product's own decoding on the same weights (no second load)."""
     run_dir = runs.find_run(run, "runs", task.name)
     model, tokenizer, fmt, cfg = load_run(run_dir)
     gen = dataclasses.replace(cfg.generate, **{k: v for k, v in generate_overrides.items() if v})
@@ -45,4 +49,9 @@ def predict_both(task: Task, run: str, data: str | None = None, limit: int = 0, 
         with base_model(model):
             base = generate(model, tokenizer, fmt, prompts, gen, budgets, progress="base")
         timings["base_s"] = round(time.time() - t0, 1)
-    return Predictions(run_dir, source, rows, tuned, base, dataclasses.asdict(gen), timings)
+    extra_result = None
+    if extra is not None:
+        t0 = time.time()
+        extra_result = extra(model, tokenizer, fmt, prompts)
+        timings["extra_s"] = round(time.time() - t0, 1)
+    return Predictions(run_dir, source, rows, tuned, base, dataclasses.asdict(gen), timings, extra_result)

@@ -82,6 +82,22 @@ def generation_kwargs(tokenizer, fmt: ChatFormat, gen: GenerateSettings, max_new
     return kw
 
 
+def _left_padded_batches(tokenizer, prompts: list[str], batch_size: int):
+    """(prompt indices, input_ids, attention_mask, width) per batch: longest prompts first (less padding),
+    padded on the left so every row's last token is its prompt's last token."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        yield idx, ids, mask, width
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: GenerateSettings,
              budgets: list[int | None] | None = None, progress: str | None = None) -> list[str]:
@@ -93,19 +109,10 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
     from tqdm.auto import tqdm
 
     kw = generation_kwargs(tokenizer, fmt, gen)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
     dev = next(model.parameters()).device
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
-    for start in range(0, len(order), gen.batch_size):
-        idx = order[start:start + gen.batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+    for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, gen.batch_size):
         if budgets is not None:
             kw["max_new_tokens"] = min(gen.max_new_tokens, max(budgets[i] or gen.max_new_tokens for i in idx))
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
@@ -114,6 +121,35 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+@torch.inference_mode()
+def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, max_new_tokens: int,
+               batch_size: int = 8, progress: str | None = None) -> list[list[tuple[str, float]]]:
+    """The n most likely complete answers per prompt (beam search, width n) with their log-probabilities
+    (sums over tokens, no length normalisation), best first. For short answers where the whole distribution
+    matters, e.g. a price: a weighted median over them minimises the expected absolute error."""
+    from tqdm.auto import tqdm
+
+    if n < 2:
+        raise ValueError("candidates() needs a beam width of at least 2; use generate() for greedy decoding")
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=n, num_return_sequences=n,
+              length_penalty=0.0, early_stopping=True, eos_token_id=stop_ids(tokenizer, fmt),
+              pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+              output_scores=True, return_dict_in_generate=True)
+    results: list[list[tuple[str, float]]] = [[] for _ in prompts]
+    dev = next(model.parameters()).device
+    bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
+    for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, max(1, batch_size)):
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+        texts = tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
+        scores = out.sequences_scores.float().tolist()
+        for row, i in enumerate(idx):
+            pairs = zip(texts[row * n:(row + 1) * n], scores[row * n:(row + 1) * n])
+            results[i] = sorted(((t.strip(), s) for t, s in pairs), key=lambda x: -x[1])
+        bar.update(len(idx))
+    bar.close()
+    return results
 
 
 def stream(model, tokenizer, fmt: ChatFormat, prompt: str, gen: GenerateSettings,

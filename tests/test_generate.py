@@ -66,3 +66,17 @@ def test_output_layer_gets_contiguous_input(tiny_model_cfg):
     assert not hidden.is_contiguous()
     model.lm_head(hidden)
     assert seen == [True]
+
+
+def test_beam_candidates_are_ranked_and_width_one_is_greedy(tiny_model_cfg):
+    from shared.generate import candidates
+
+    model, tok, fmt = _load(tiny_model_cfg)
+    ranked = candidates(model, tok, fmt, PROMPTS, n=4, max_new_tokens=6, batch_size=2)
+    assert [len(c) for c in ranked] == [4, 4, 4]
+    for c in ranked:
+        scores = [s for _, s in c]
+        assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+        assert len({t for t, _ in c}) > 1  # different answers, not one answer four times
+    alone = [candidates(model, tok, fmt, [p], n=4, max_new_tokens=6)[0] for p in PROMPTS]
+    assert [[t for t, _ in c] for c in alone] == [[t for t, _ in c] for c in ranked]  # batching changes nothing

@@ -97,3 +97,15 @@ def test_prefix_is_stable_on_the_shipped_gemma_tokenizer(gemma_tokenizer):
 def test_item_row_for_inference():
     fmt = get_format("chatml")
     assert TASK.inference_prompt(item_row(" Lamp ", " Bright. "), fmt).endswith("Lamp\nBright.\n\nPrice is $")
+
+
+def test_median_price_weighs_the_candidates():
+    from math import log
+
+    from apps.price_predictor.task import median_price
+
+    # 40% on 20, 35% on 30, 25% on 90: the median is 30 (greedy would say 20; the mean, 42, is pulled by the tail)
+    cands = [("20.00", log(0.40)), ("30.00", log(0.35)), ("90.00", log(0.25))]
+    assert median_price(cands) == 30.0
+    assert median_price([("abc", 0.0), ("15.00", -5.0)]) == 15.0  # unparsed answers carry no vote
+    assert median_price([("", 0.0)]) is None and median_price([]) is None

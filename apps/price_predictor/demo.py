@@ -70,6 +70,8 @@ if metrics:
     if "base" in metrics:
         table["base model"] = metrics["base"]
     table["fine-tuned"] = metrics["finetuned"]
+    if "finetuned_median" in metrics:
+        table[f"fine-tuned, {metrics['finetuned_median']['beams']}-beam median"] = metrics["finetuned_median"]
     st.dataframe(pd.DataFrame([{"model": name, "MAE $": m["mae"], "RMSLE": m["rmsle"], "hit rate": m["hit_rate"],
                                 "n": m["n"], "unparsed": m["unparsed"]} for name, m in table.items()]),
                  hide_index=True, column_config={"hit rate": st.column_config.NumberColumn(format="percent")})

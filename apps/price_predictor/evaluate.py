@@ -1,6 +1,7 @@
 """Score base and fine-tuned price predictions on the same items (MAE, RMSLE, hit rate) with a scatter plot.
 
     python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
+    ... --beams 8    also score the fine-tuned model's weighted median over its 8 likeliest answers
 Writes <run>/eval/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit).
 """
 from __future__ import annotations
@@ -10,20 +11,30 @@ from shared.cli import decoding_overrides, eval_parser, run_cli
 from shared.config import anchor_data_paths, from_dict
 from shared.data import DataReport
 from shared.evaluation import predict_both
+from shared.generate import candidates
 from shared.train import read_splits
 
 from .baselines import run_baselines
 from .report import scatter, table
-from .task import TASK, is_hit, parse_price, price_metrics
+from .task import TASK, is_hit, median_price, parse_price, price_metrics
+
+ANSWER_TOKENS = 8  # "999.00" + end-of-turn, as TASK.answer_budget
 
 
 def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, with_base: bool = True,
-             **decoding) -> dict:
-    p = predict_both(TASK, run, data, limit, last, with_base, **decoding)
+             beams: int = 0, **decoding) -> dict:
+    def beam_candidates(model, tokenizer, fmt, prompts):
+        return candidates(model, tokenizer, fmt, prompts, beams, ANSWER_TOKENS, progress=f"{beams} beams")
+
+    p = predict_both(TASK, run, data, limit, last, with_base, extra=beam_candidates if beams > 1 else None,
+                     **decoding)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
     metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
                "finetuned": price_metrics(truth, tuned)}
+    medians = [median_price(c) for c in p.extra] if p.extra is not None else None
+    if medians is not None:
+        metrics["finetuned_median"] = {**price_metrics(truth, medians), "beams": beams}
     base = [None] * len(truth)
     if p.base is not None:
         base = [parse_price(x) for x in p.base]
@@ -38,11 +49,16 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
                     "base_answer": b_raw, "base": b}
                    for r, t, ft_raw, ft, b_raw, b in zip(p.rows, truth, p.finetuned, tuned,
                                                          p.base or [None] * len(truth), base)]
+    for row, median in zip(predictions, medians or []):
+        row["finetuned_median"] = median
     out = runs.write_eval(p.run_dir, metrics, predictions)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     shown = {"base model": metrics["base"]} if "base" in metrics else {}
-    print(table({**metrics["baselines"], **shown, "fine-tuned": metrics["finetuned"]}))
+    shown["fine-tuned"] = metrics["finetuned"]
+    if medians is not None:
+        shown[f"fine-tuned, {beams}-beam median"] = metrics["finetuned_median"]
+    print(table({**metrics["baselines"], **shown}))
     unparsed = [x for x in predictions if x["finetuned"] is None][:5]
     for x in unparsed:
         print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")
@@ -51,8 +67,12 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
 
 
 def main(argv=None):
-    args = eval_parser(TASK, __doc__).parse_args(argv)
-    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base,
+    parser = eval_parser(TASK, __doc__)
+    parser.add_argument("--beams", type=int, default=0,
+                        help="also score the weighted median of the fine-tuned model's N likeliest answers (beam "
+                             "search); 0 = greedy only")
+    args = parser.parse_args(argv)
+    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base, args.beams,
                              **decoding_overrides(args)))
 
 

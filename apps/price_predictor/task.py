@@ -41,6 +41,23 @@ def parse_price(text: str) -> float | None:
     return float(f"{whole}.{frac}" if frac else whole)
 
 
+def median_price(candidates: list[tuple[str, float]]) -> float | None:
+    """The weighted median of the parsed prices among beam candidates (answer, log-probability): the estimate
+    with the least expected absolute error under the model's own distribution, where greedy decoding commits
+    digit by digit to the single likeliest path. None when no candidate holds a number."""
+    parsed = sorted((p, s) for p, s in ((parse_price(t), s) for t, s in candidates) if p is not None)
+    if not parsed:
+        return None
+    top = max(s for _, s in parsed)
+    weights = [math.exp(s - top) for _, s in parsed]
+    half, seen = sum(weights) / 2, 0.0
+    for (price, _), w in zip(parsed, weights):
+        seen += w
+        if seen >= half:
+            return price
+    return parsed[-1][0]
+
+
 def is_hit(truth: float, prediction: float) -> bool:
     error = abs(prediction - truth)
     return error < HIT_DOLLARS or error < HIT_FRACTION * truth
