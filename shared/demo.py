@@ -174,6 +174,23 @@ def page_no_run(product: str, root: Path) -> None:
     st.stop()
 
 
+_cached_load = None
+
+
+def start_page(product: str, title: str, icon: str) -> tuple[Path, LoadedRun]:
+    """Page set-up both demos share: title, the run picker, and the run's model loaded once per server
+    process (st.cache_resource: every session and rerun gets the same copy)."""
+    import streamlit as st
+
+    global _cached_load
+    if _cached_load is None:
+        _cached_load = st.cache_resource(show_spinner="Loading the model (once per process)…")(load)
+    st.set_page_config(page_title=title, page_icon=icon, layout="wide")
+    st.title(title)
+    run_dir = pick_run(product)
+    return run_dir, _cached_load(str(run_dir))
+
+
 def pick_run(product: str) -> Path:
     """Sidebar choice of run folder (default: the latest run); stops with the 'no run' page when there is none."""
     import streamlit as st

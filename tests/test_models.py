@@ -59,3 +59,14 @@ def test_qlora_4bit_trains_on_cpu(tiny_model_dir, pairs_file, tmp_path):
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed" and record["config"]["model"]["quantization"] == "4bit"
     assert all(p["loss"] > 0 for p in record["loss_curve"] if "loss" in p)
+
+
+@pytest.mark.slow
+def test_embedded_cache_is_bf16_and_loads_without_conversion(gemma_dir):
+    """The cache holds bf16 (what training and generation use), so a bf16 load maps the file as it is."""
+    from safetensors import safe_open
+
+    assert gemma_dir.name.endswith("-bf16")
+    with safe_open(str(gemma_dir / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}

@@ -13,17 +13,7 @@ from shared import demo
 
 MAX_TITLE_CHARS, MAX_DESCRIPTION_CHARS = 300, 3000
 
-st.set_page_config(page_title="Price predictor", page_icon="🏷️", layout="wide")
-st.title("Product price predictor")
-
-
-@st.cache_resource(show_spinner="Loading the model (once per process)…")
-def load(run_dir: str) -> demo.LoadedRun:
-    return demo.load(run_dir)
-
-
-run_dir = demo.pick_run(TASK.name)
-loaded = load(str(run_dir))
+run_dir, loaded = demo.start_page(TASK.name, "Product price predictor", "🏷️")
 metrics, items = demo.read_eval(run_dir)
 st.sidebar.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}`")
 

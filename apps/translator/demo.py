@@ -14,17 +14,7 @@ from shared import demo
 
 MAX_CHARS = 600  # one or two sentences: the model was trained on single sentences of up to ~160 tokens
 
-st.set_page_config(page_title="EN→KO translator", page_icon="🇰🇷", layout="wide")
-st.title("English → Korean translator")
-
-
-@st.cache_resource(show_spinner="Loading the model (once per process)…")
-def load(run_dir: str) -> demo.LoadedRun:
-    return demo.load(run_dir)
-
-
-run_dir = demo.pick_run(TASK.name)
-loaded = load(str(run_dir))
+run_dir, loaded = demo.start_page(TASK.name, "English → Korean translator", "🇰🇷")
 metrics, examples = demo.read_eval(run_dir)
 
 with st.sidebar:
