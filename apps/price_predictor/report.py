@@ -7,9 +7,9 @@ from .task import HIT_DOLLARS, HIT_FRACTION, is_hit
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = [f"{'model':<22} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
+    lines = [f"{'model':<27} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
     for name, m in results.items():
-        lines.append(f"{name:<22} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
+        lines.append(f"{name:<27} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
                      f"{m['unparsed']:>9}")
     lines.append(f"hit = error under ${HIT_DOLLARS:.0f} or under {HIT_FRACTION:.0%} of the true price; "
                  "an unparsed answer counts as $0")
