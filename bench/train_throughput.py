@@ -258,7 +258,7 @@ def run_trl(a: argparse.Namespace, work: Path) -> dict:
     # same token sequences (the table's batch hashes check it).
     if fmt.bos and tokenizer.bos_token_id is not None and \
             tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
-        pairs = [(p[len(fmt.bos):] if p.startswith(fmt.bos) else p, c) for p, c in pairs]
+        pairs = [(p.removeprefix(fmt.bos), c) for p, c in pairs]
     dataset = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
     t = cfg.train
     args = SFTConfig(

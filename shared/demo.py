@@ -11,8 +11,8 @@ import dataclasses
 import os
 import threading
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from . import runs
 from .config import GenerateSettings

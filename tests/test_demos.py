@@ -2,7 +2,6 @@
 tiny runs made here, and (marked slow) each demo in a real headless Chromium on loopback."""
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -249,7 +248,8 @@ def _words(text: str) -> str:
 def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
     """Start the demo on loopback, type an input in Chromium, wait for both outputs, compare them with the same
     greedy answers made here, and keep a screenshot under tests/output/."""
-    from apps.price_predictor.task import TASK as PRICE, item_row, parse_price
+    from apps.price_predictor.task import TASK as PRICE
+    from apps.price_predictor.task import item_row, parse_price
 
     from .browser import chromium, new_page, streamlit_server
 
