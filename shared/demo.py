@@ -8,6 +8,7 @@ real browser (tests/test_demos.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import unicodedata
@@ -41,8 +42,6 @@ def finished_runs(root: Path, product: str) -> list[Path]:
 
 def read_eval(run_dir: Path) -> tuple[dict | None, list[dict]]:
     """(eval/metrics.json or None, eval/predictions.jsonl rows) of a run; missing files are not an error."""
-    import json
-
     out = run_dir / "eval"
     metrics = runs.read_json(out / "metrics.json") if (out / "metrics.json").is_file() else None
     rows = []
@@ -87,40 +86,35 @@ def stream_answer(loaded: LoadedRun, prompt: str, gen: GenerateSettings, use_bas
     The underlying stream is always consumed to the end (stopping early leaves the generating thread blocked);
     with first_line_only the pieces after the first line break are generated but not shown, as the evaluation
     keeps only the first line."""
-    import contextlib
-
     import torch
 
-    from .generate import base_model, stream
+    from .generate import first_line, stream
 
-    with loaded.lock:
+    with loaded.lock, _model(loaded, use_base) as model:
         if seed is not None:
             torch.manual_seed(seed)
-        with (base_model(loaded.model) if use_base else contextlib.nullcontext()):
-            shown, done = "", False
-            for piece in stream(loaded.model, loaded.tokenizer, loaded.fmt, prompt, gen, max_new_tokens):
-                if done:
-                    continue
-                if first_line_only:
-                    if not shown.strip():
-                        piece = piece.lstrip("\n")
-                    if "\n" in piece:
-                        piece, done = piece.split("\n")[0], True
-                shown += piece
-                if piece:
-                    yield piece
+        pieces = stream(model, loaded.tokenizer, loaded.fmt, prompt, gen, max_new_tokens)
+        for piece in first_line(pieces) if first_line_only else pieces:
+            if piece:
+                yield piece
 
 
 def generate_answer(loaded: LoadedRun, prompt: str, gen: GenerateSettings, use_base: bool,
                     max_new_tokens: int | None = None) -> str:
     """One complete answer under the run's lock (for short answers such as a price)."""
-    from .generate import base_model, generate
+    from .generate import generate
 
-    with loaded.lock:
-        if use_base:
-            with base_model(loaded.model):
-                return generate(loaded.model, loaded.tokenizer, loaded.fmt, [prompt], gen, [max_new_tokens])[0]
-        return generate(loaded.model, loaded.tokenizer, loaded.fmt, [prompt], gen, [max_new_tokens])[0]
+    with loaded.lock, _model(loaded, use_base) as model:
+        return generate(model, loaded.tokenizer, loaded.fmt, [prompt], gen, [max_new_tokens])[0]
+
+
+def _model(loaded: LoadedRun, use_base: bool):
+    """The fine-tuned model, or (use_base) the same weights with the adapter switched off; a context manager."""
+    import contextlib
+
+    from .generate import base_model
+
+    return base_model(loaded.model) if use_base else contextlib.nullcontext(loaded.model)
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import runs
+from .config import RunConfig
 from .data import DataReport, Row
 from .generate import base_model, generate, load_run
 from .models import log
@@ -22,6 +23,7 @@ class Predictions:
     base: list[str] | None
     decoding: dict
     timings: dict
+    cfg: RunConfig  # the run's config, as loaded with it
     extra: object = None  # what the `extra` hook returned (e.g. the price predictor's beam candidates)
 
 
@@ -54,4 +56,4 @@ def predict_both(task: Task, run: str, data: str | None = None, limit: int = 0, 
         t0 = time.time()
         extra_result = extra(model, tokenizer, fmt, prompts)
         timings["extra_s"] = round(time.time() - t0, 1)
-    return Predictions(run_dir, source, rows, tuned, base, dataclasses.asdict(gen), timings, extra_result)
+    return Predictions(run_dir, source, rows, tuned, base, dataclasses.asdict(gen), timings, cfg, extra_result)

@@ -140,7 +140,7 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
     results: list[list[tuple[str, float]]] = [[] for _ in prompts]
     dev = next(model.parameters()).device
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
-    for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, max(1, batch_size)):
+    for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, batch_size):
         out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
         texts = tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
         scores = out.sequences_scores.float().tolist()
@@ -150,6 +150,24 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
         bar.update(len(idx))
     bar.close()
     return results
+
+
+def first_line(pieces: Iterator[str]) -> Iterator[str]:
+    """The streamed text up to its first line break (leading breaks skipped), as evaluation keeps it.
+
+    The rest of `pieces` is still consumed, not shown: leaving a stream() early would block its generating
+    thread. Empty pieces are dropped."""
+    shown, done = "", False
+    for piece in pieces:
+        if done:
+            continue
+        if not shown.strip():
+            piece = piece.lstrip("\n")
+        if "\n" in piece:
+            piece, done = piece.split("\n")[0], True
+        shown += piece
+        if piece:
+            yield piece
 
 
 def stream(model, tokenizer, fmt: ChatFormat, prompt: str, gen: GenerateSettings,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import runs
 from .chat import ChatFormat, detect_family, get_format
 from .config import ConfigError, ModelConfig
 
@@ -111,8 +112,7 @@ def resolve_backend(cfg: ModelConfig) -> str:
     has_cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if cfg.backend == "auto":  # several processes (accelerate launch): transformers, which DDP/FSDP/DeepSpeed wrap
-        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        return "unsloth" if (has_cuda and has_unsloth and not several) else "transformers"
+        return "unsloth" if (has_cuda and has_unsloth and runs.process_count() == 1) else "transformers"
     if cfg.backend == "unsloth":
         if not has_cuda:
             raise ConfigError("backend 'unsloth' needs a CUDA GPU: Unsloth's kernels run only on NVIDIA GPUs, and "

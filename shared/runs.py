@@ -35,6 +35,10 @@ def process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def process_count() -> int:
+    return process_rank()[1]
+
+
 def is_main_process() -> bool:
     """True for the one process that writes the run folder (rank 0, or the only process)."""
     return process_rank()[0] == 0
@@ -45,7 +49,7 @@ def same_on_all_processes(value):
 
     Sets up the process group now (through accelerate's PartialState, as the Trainer would); the Trainer
     finds it initialized and reuses it."""
-    if process_rank()[1] <= 1:
+    if process_count() <= 1:
         return value
     import torch
     from accelerate import PartialState

@@ -90,15 +90,20 @@ def build_datasets(cfg: RunConfig, task: Task, tokenizer, fmt, train_rows, valid
     return train_ds, valid_ds
 
 
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder (or file) on the way up from path that exists: where the run folder will be made."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_output(run_dir: Path) -> None:
     """Pre-flight: the run folder can be created and written (tried for real, so read-only file systems and
     root-owned folders are caught too), before the model loads."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output folder {run_dir} exists and is not a folder")
-    parent = run_dir
-    while not parent.exists():
-        parent = parent.parent
+    parent = _existing_parent(run_dir)
     if not parent.is_dir():
         raise ConfigError(f"cannot create the run folder {run_dir}: {parent} is a file, not a folder")
     try:
@@ -124,9 +129,7 @@ def estimate_run_bytes(model, tokenizer, cfg: RunConfig) -> int:
 
 def check_space(run_dir: Path, need: int) -> None:
     """Pre-flight: refuse to start a run that would fill the disk half-way (a failed checkpoint loses work)."""
-    parent = Path(run_dir)
-    while not parent.exists():
-        parent = parent.parent
+    parent = _existing_parent(Path(run_dir))
     free = shutil.disk_usage(parent).free
     if free < need:
         raise ConfigError(f"not enough free disk space for the run folder {run_dir}: it needs about "
@@ -199,7 +202,7 @@ def lora_config(cfg: RunConfig):
 
 def check_processes(cfg: RunConfig) -> None:
     """Under several processes train.batch_size is the global batch; it must split evenly between them."""
-    world = runs.process_rank()[1]
+    world = runs.process_count()
     if world == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
         models.log("one process: `accelerate launch --cpu` starts a single process unless MPI is set up; for "
                    "several CPU processes use `accelerate launch --multi_gpu --num_processes N` (docs/gpu.md)")
@@ -227,8 +230,8 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         gradient_checkpointing=t.gradient_checkpointing and models.resolve_backend(cfg.model) != "unsloth",
         # Several processes (accelerate launch): train.batch_size is the global batch, and each process takes
         # its slice of every batch, so the data order and the loss do not depend on the number of processes.
-        accelerator_config={"split_batches": True} if runs.process_rank()[1] > 1 else None,
-        ddp_find_unused_parameters=False if runs.process_rank()[1] > 1 else None,
+        accelerator_config={"split_batches": True} if runs.process_count() > 1 else None,
+        ddp_find_unused_parameters=False if runs.process_count() > 1 else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from shared import runs
 from shared.cli import decoding_overrides, eval_parser, run_cli
-from shared.config import anchor_data_paths, from_dict
 from shared.data import DataReport
 from shared.evaluation import predict_both
 from shared.generate import candidates
@@ -40,8 +39,7 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
         base = [parse_price(x) for x in p.base]
         metrics["base"] = price_metrics(truth, base)
     # The baselines, fitted on the run's own training rows and scored on the same items, sit next to the LLMs.
-    cfg = anchor_data_paths(from_dict(runs.read_json(p.run_dir / "run.json")["config"]))
-    train_rows, _ = read_splits(cfg, TASK, DataReport())
+    train_rows, _ = read_splits(p.cfg, TASK, DataReport())
     metrics["baselines"] = run_baselines(train_rows, p.rows)
     predictions = [{"line": r.line, "title": r["title"], "category": r.values.get("category") or "",
                     "price": t, "finetuned_answer": ft_raw, "finetuned": ft,

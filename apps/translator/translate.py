@@ -11,7 +11,7 @@ import sys
 
 from shared import runs
 from shared.cli import run_cli
-from shared.generate import base_model, load_run, stream
+from shared.generate import base_model, first_line, load_run, stream
 
 from .task import TASK, source_row
 
@@ -31,16 +31,9 @@ def main(argv=None):
         for sentence in sentences:
             prompt = TASK.inference_prompt(source_row(sentence), fmt)
             budget = TASK.answer_budget(source_row(sentence), tokenizer)
-            shown, done = "", False
             with (base_model(model) if args.base else contextlib.nullcontext()):
-                for piece in stream(model, tokenizer, fmt, prompt, cfg.generate, budget):
-                    if done:
-                        continue  # one line per sentence, as evaluation keeps it; the budget bounds the rest
-                    if not shown.strip():
-                        piece = piece.lstrip("\n")
-                    if "\n" in piece:
-                        piece, done = piece.split("\n")[0], True
-                    shown += piece
+                # one line per sentence, as evaluation keeps it; the budget bounds the rest
+                for piece in first_line(stream(model, tokenizer, fmt, prompt, cfg.generate, budget)):
                     print(piece, end="", flush=True)
             print()
 
