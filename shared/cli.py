@@ -107,7 +107,7 @@ def run_cli(main) -> None:
 
 
 def train_main(task: Task, argv: list[str] | None = None) -> None:
-    from .models import log
+    from .log import log
     from .train import train
 
     def main():

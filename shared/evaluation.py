@@ -10,7 +10,7 @@ from . import runs
 from .config import RunConfig
 from .data import DataReport, Row
 from .generate import base_model, generate, load_run
-from .models import log
+from .log import log
 from .task import Task
 
 

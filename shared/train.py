@@ -20,6 +20,7 @@ import torch
 from . import data as data_mod
 from . import models, runs
 from .config import ConfigError, RunConfig, save_yaml
+from .log import log
 from .loss import completion_loss
 from .task import Task
 
@@ -85,7 +86,7 @@ def build_datasets(cfg: RunConfig, task: Task, tokenizer, fmt, train_rows, valid
     if len(train_ds) == 0:
         raise data_mod.DataError(cfg.data.train, "", "", f"no usable rows ({report.summary()})")
     if valid_ds is not None and len(valid_ds) == 0:  # every validation row too long: train without one
-        models.log(f"no validation row fits max_length={cfg.model.max_length}: training without validation loss")
+        log(f"no validation row fits max_length={cfg.model.max_length}: training without validation loss")
         valid_ds = None
     return train_ds, valid_ds
 
@@ -152,7 +153,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
             json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
             return str(d)
         except (OSError, ValueError):
-            models.log(f"{d.name} is incomplete (the run stopped while writing it): removing it")
+            log(f"{d.name} is incomplete (the run stopped while writing it): removing it")
             shutil.rmtree(d, ignore_errors=True)
     return None
 
@@ -204,7 +205,7 @@ def check_processes(cfg: RunConfig) -> None:
     """Under several processes train.batch_size is the global batch; it must split evenly between them."""
     world = runs.process_count()
     if world == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
-        models.log("one process: `accelerate launch --cpu` starts a single process unless MPI is set up; for "
+        log("one process: `accelerate launch --cpu` starts a single process unless MPI is set up; for "
                    "several CPU processes use `accelerate launch --multi_gpu --num_processes N` (docs/gpu.md)")
     if world > 1 and cfg.train.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly "
@@ -255,12 +256,12 @@ def _progress_callback(run_dir: Path, record: dict):
                 return
             if not logs or "loss" not in logs:
                 if logs and "eval_loss" in logs:
-                    models.log(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+                    log(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
                 return
             done = state.global_step - self.step0
             elapsed = time.time() - self.t0
             left = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
-            models.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+            log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
                        f"lr {logs.get('learning_rate', 0):.2e} | {_fmt(elapsed)} elapsed, ~{_fmt(left)} left")
             record["loss_curve"] = _curve(state.log_history)
             runs.write_json(run_dir / "run.json", record)
@@ -342,7 +343,7 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     record["data"] = report.to_dict()
     if main:
         runs.write_json(run_dir / "data_report.json", report.to_dict())
-    models.log(f"data: {report.summary()}")
+    log(f"data: {report.summary()}")
 
     trainer = _trainer_class()(model=model, args=sft_config(cfg, run_dir, valid_ds is not None),
                          train_dataset=train_ds, eval_dataset=valid_ds, processing_class=tokenizer,
@@ -351,9 +352,9 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     record["parameters"] = {"trainable": trainable, "total": total}
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
-        models.log("no checkpoint found in this run folder: starting from step 0")
+        log("no checkpoint found in this run folder: starting from step 0")
     record["resumed_from"] = checkpoint
-    models.log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={trainer.args.bf16}; "
+    log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={trainer.args.bf16}; "
                f"run folder {run_dir}")
 
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -370,7 +371,7 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
         record.update(status="interrupted", loss_curve=_curve(trainer.state.log_history))
         if main:
             runs.write_json(run_dir / "run.json", record)
-        models.log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
+        log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
                    f"  python -m apps.{task.name}.train --output-dir {run_dir} --resume")
         raise
     except BaseException as e:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .config import ModelConfig, RunConfig
+from .log import log
 
 
 def _fast_language_model():
@@ -31,7 +32,7 @@ def _fast_language_model():
 
 def load_unsloth(cfg: ModelConfig, where: str, dtype: torch.dtype):
     """(model, tokenizer, chat format) with the base loaded by Unsloth."""
-    from .models import load_tokenizer, log
+    from .models import load_tokenizer
 
     model, _ = _fast_language_model().from_pretrained(
         model_name=where, max_seq_length=cfg.max_length, dtype=dtype,

@@ -49,7 +49,7 @@ def test_run_folder_contents(tiny_model_dir, pairs_file, tmp_path):
 
 
 def test_interrupted_run_resumes_and_matches(tiny_model_dir, pairs_file, tmp_path):
-    from shared.models import log  # noqa: F401  (import before timing-sensitive work)
+    from shared.log import log  # noqa: F401  (import before timing-sensitive work)
 
     full = train(TASK, _cfg(tiny_model_dir, pairs_file, tmp_path / "full"), tmp_path / "full", "test")
     cut = tmp_path / "cut"
