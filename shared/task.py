@@ -13,6 +13,7 @@ from .data import DataReport, Field, Row, read_rows
 
 class Task:
     name: str = "task"  # runs go to runs/<name>/
+    package: str = ""  # the product's Python package, whose modules are its commands (train, evaluate, ...)
     fields: list[Field] = []
     configs_dir: Path = Path(".")
     # True: refuse to train when tokens(prompt) is not an exact prefix of tokens(prompt + completion), i.e.
@@ -43,6 +44,14 @@ class Task:
     def data_checks(self, rows: list[Row]) -> dict:
         """Product-specific sanity figures for the data report (charset, ranges...)."""
         return {}
+
+    def command(self, verb: str) -> str:
+        """The command line that runs one of the product's entry points, e.g. command("train")."""
+        return f"python -m {self.package}.{verb}"
+
+    def commands(self) -> dict[str, str]:
+        """The product's entry points as command lines; stored in each run so the core can name them."""
+        return {verb: self.command(verb) for verb in ("train", "evaluate")}
 
     def config_path(self, profile: str) -> Path:
         return self.configs_dir / f"{profile}.yaml"

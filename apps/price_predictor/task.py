@@ -94,6 +94,7 @@ def looks_like_amazon(source: str) -> bool:
 
 class PriceTask(Task):
     name = "price_predictor"
+    package = __package__  # "apps.price_predictor"
     fields = [Field("title", aliases=("name",)), Field("description", aliases=("text", "desc")),
               Field("category", required=False), Field("price", kind=float, drop_bad=True)]
     configs_dir = Path(__file__).parent / "configs"

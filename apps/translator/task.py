@@ -15,6 +15,7 @@ HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 class TranslatorTask(Task):
     name = "translator"
+    package = __package__  # "apps.translator"
     fields = [Field("en", aliases=("english", "source", "src", "input")),
               Field("ko", aliases=("korean", "target", "tgt", "output"))]
     configs_dir = Path(__file__).parent / "configs"
