@@ -18,6 +18,7 @@ HIT_DOLLARS, HIT_FRACTION = 40.0, 0.20
 # material, pack count) first; on the dev data this cuts the mean prompt from 195 to 141 Gemma tokens, so a
 # CPU step is ~30% cheaper, and the same cut applies in training, evaluation, predict and the demo.
 DESCRIPTION_WORDS = 60
+MAX_TITLE_CHARS, MAX_DESCRIPTION_CHARS = 300, 3000  # what predict and the demo accept (longer is cut)
 
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d*))?")
 

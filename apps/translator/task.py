@@ -13,6 +13,10 @@ SYSTEM_PROMPT = "You are an expert English-to-Korean translator. Translate into 
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
+# Longest input the demo and translate accept: one or two sentences (the model was trained on single sentences
+# of up to ~160 tokens); longer text is cut on a word boundary, with a note.
+MAX_CHARS = 600
+
 class TranslatorTask(Task):
     name = "translator"
     package = __package__  # "apps.translator"
