@@ -61,16 +61,12 @@ def load_model(a: argparse.Namespace):
     """(model, tokenizer, chat format, run config): a run's adapter on its base, or the base model alone."""
     from apps.translator.task import TASK
     from shared import models, runs
-    from shared.config import anchor_data_paths, from_dict, resolve
+    from shared.config import resolve
 
-    if a.run:  # as shared.generate.load_run, with the dtype override
-        from peft import PeftModel
+    if a.run:  # the run's adapter on its base, in the benchmark's dtype
+        from shared.generate import load_run
 
-        run_dir = runs.find_run(a.run, "runs", TASK.name)
-        cfg = anchor_data_paths(from_dict(runs.read_json(Path(run_dir) / "run.json")["config"]))
-        cfg.model.dtype = a.dtype
-        model, tokenizer, fmt = models.load(cfg.model, training=False)
-        model = PeftModel.from_pretrained(model, str(Path(run_dir) / "adapter"))
+        model, tokenizer, fmt, cfg = load_run(runs.find_run(a.run, TASK.name), {"dtype": a.dtype})
     else:
         cli = {"model.name": a.model, "model.dtype": a.dtype}
         if a.chat_template:

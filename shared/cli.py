@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import runs
-from .config import (ConfigError, anchor_data_paths, apply, describe_keys, from_dict, load_yaml,
-                     parse_overrides, resolve)
+from .config import ConfigError, anchor_data_paths, apply, describe_keys, load_yaml, parse_overrides, resolve
 from .data import DataError
 from .models import resolve_profile
 from .task import Task
@@ -20,7 +21,7 @@ SHORTCUTS = {"model": "model.name", "backend": "model.backend", "data": "data.tr
 
 def train_parser(task: Task) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m apps.{task.name}.train",
+        prog=task.command("train"),
         description=f"Fine-tune the {task.name} with LoRA/QLoRA. Any config key can be set as --section.field "
                     "VALUE or --set section.field=VALUE (precedence: defaults < YAML < command line).",
         epilog="config keys: " + ", ".join(describe_keys()))
@@ -29,21 +30,32 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--backend", choices=["auto", "transformers", "unsloth"],
                    help="model backend (default: auto = unsloth on a CUDA GPU when installed, else transformers)")
-    p.add_argument("--data", help="training data: JSONL/CSV/TSV file or Hugging Face dataset id")
-    p.add_argument("--output-dir", help="run folder (default: a new folder under runs/<product>/)")
+    p.add_argument("--data", help="training data: JSONL/CSV/TSV file(s), comma-separated, or a Hugging Face "
+                                  "dataset id")
+    p.add_argument("--output-dir", help=f"run folder (default: a new folder under <runs root>/{task.name}/)")
+    p.add_argument("--runs-root", help=f"where runs live (default: ${runs.RUNS_ENV}, else ./runs)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
     p.add_argument("--epochs", type=float, help="passes over the training data")
     p.add_argument("--limit", type=int, help="use only the first N training rows")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir (or the latest run) "
                                                          "from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into --output-dir even though it holds a run: the old run is moved aside "
+                        "(renamed), never deleted")
+    return p
+
+
+def run_parser(task: Task, prog: str, doc: str) -> argparse.ArgumentParser:
+    """The options every command that uses a trained run shares: which run, and where runs live."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
+    p.add_argument("--runs-root", help=f"where runs live, for --run latest (default: ${runs.RUNS_ENV}, else ./runs)")
     return p
 
 
 def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     """The options every product's evaluate command shares."""
-    p = argparse.ArgumentParser(prog=f"python -m apps.{task.name}.evaluate", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
+    p = run_parser(task, task.command("evaluate"), doc)
     p.add_argument("--data", help="test file (default: the run's data.test)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N rows of the file")
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
@@ -52,6 +64,21 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, help="decoding: >1 discourages repeated tokens")
     p.add_argument("--no-repeat-ngram-size", type=int, help="decoding: forbid repeating n-grams of this size")
     return p
+
+
+def find_run(task: Task, args: argparse.Namespace) -> runs.Run:
+    """The finished run of this product that --run / --runs-root name."""
+    return runs.find_run(args.run, task.name, args.runs_root, train_command=task.command("train"))
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """--limit / --last / --batch-size are counts: a negative one would silently count from the end."""
+    for name in ("limit", "last", "batch_size", "max_new_tokens", "beams"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if getattr(args, "limit", 0) and getattr(args, "last", 0):
+        raise ConfigError("--limit and --last cannot be combined: pick the first N or the last N rows")
 
 
 def decoding_overrides(args: argparse.Namespace) -> dict:
@@ -68,13 +95,14 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
         if value is not None:
             cli[key] = value
     if args.resume:
-        run_dir = Path(cli.get("output.dir") or "") if cli.get("output.dir") else runs.latest_run("runs", task.name)
-        if run_dir is None or not (run_dir / "run.json").is_file():
-            raise ConfigError(f"--resume: no run to resume ({run_dir or 'no latest run'}); "
-                              "pass --output-dir DIR of an earlier run")
-        saved = runs.read_json(run_dir / "run.json")
-        cfg = apply(from_dict(saved["config"]), cli)  # the run's own config, then what you changed now
-        return cfg, run_dir, saved.get("profile_reason", "resumed")
+        root = runs.runs_root(cli.get("output.runs_root"))
+        run_dir = Path(cli["output.dir"]) if cli.get("output.dir") else runs.latest_run(root, task.name)
+        if run_dir is None:
+            raise ConfigError(f"--resume: no latest {task.name} run under {root}; pass --output-dir DIR of an "
+                              "earlier run")
+        run = runs.Run.load(run_dir).require(task.name, finished=False)
+        cfg = apply(run.config(), cli)  # the run's own config, then what you changed now
+        return cfg, run_dir, run.record.profile_reason or "resumed"
     if args.data is not None and "data.valid" not in cli:
         cli["data.valid"] = ""  # new training data: hold out a split of it, not the shipped validation file
     yaml_flat = load_yaml(args.config) if args.config else {}
@@ -84,20 +112,38 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     cfg = resolve(yaml_path=yaml_path, cli=cli)
     cfg.profile = profile
     anchor_data_paths(cfg)
+    cfg.output.runs_root = str(runs.runs_root(cfg.output.runs_root))  # recorded as resolved
     run_dir = Path(cfg.output.dir) if cfg.output.dir else runs.new_run_dir(cfg.output.runs_root, task.name,
                                                                            cfg.model.name)
     return cfg, run_dir, reason
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so a command stops the way Ctrl-C stops it (exit status 143)."""
+    exit_code = 143
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def run_cli(main) -> None:
-    """Run an entry point; user errors print one clear line and exit 2 instead of a traceback."""
+    """Run an entry point; user errors print one clear line and exit 2 instead of a traceback. Ctrl-C exits
+    130 and SIGTERM 143, after whatever was being written is finished or rolled back by the code that wrote it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main()
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        code = getattr(e, "exit_code", 130)
+        print(f"stopped ({'SIGTERM' if code == 143 else 'Ctrl-C'})", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # A generation thread (streaming) may still be inside torch: a normal interpreter exit would wait for it
+        # or abort; the run folder and outputs were already left consistent by the code that was interrupted.
+        os._exit(code)
     except OSError as e:  # disk full, permission denied, ... mid-run: what and where, not a traceback
         if os.environ.get("FT_DEBUG"):
             raise
@@ -112,10 +158,12 @@ def train_main(task: Task, argv: list[str] | None = None) -> None:
 
     def main():
         args, rest = train_parser(task).parse_known_args(argv)
+        if args.runs_root is not None:
+            rest = [*rest, "--output.runs_root", args.runs_root]
         cfg, run_dir, reason = build_config(task, args, rest)
         log(f"profile: {cfg.profile} ({reason})")
-        out = train(task, cfg, run_dir, reason, resume=args.resume)
+        out = train(task, cfg, run_dir, reason, resume=args.resume, overwrite=args.overwrite)
         if runs.is_main_process():  # once, not once per process under accelerate launch
-            print(f"\nDone. Run folder: {out}\nEvaluate it:  python -m apps.{task.name}.evaluate --run {out}")
+            print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {out}")
 
     run_cli(main)

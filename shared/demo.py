@@ -8,8 +8,6 @@ real browser (tests/test_demos.py).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -18,37 +16,42 @@ from pathlib import Path
 from . import runs
 from .config import GenerateSettings
 
-RUNS_ENV = "FT_RUNS_DIR"  # where the demos look for runs (default: ./runs, as the training commands write)
+# What `python -m apps.<product>.demo` passes to `streamlit run`: loopback only and no usage statistics, wherever
+# it is started from (a .streamlit/config.toml is read only from the folder streamlit starts in).
+SAFE_FLAGS = ("--server.address", "127.0.0.1", "--browser.serverAddress", "127.0.0.1",
+              "--browser.gatherUsageStats", "false", "--server.headless", "true")
 
 
-def runs_root() -> Path:
-    return Path(os.environ.get(RUNS_ENV) or "runs")
+def in_streamlit() -> bool:
+    """True while Streamlit runs this page (a server or AppTest); False under `python -m apps.<product>.demo`."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:
+        return False
+    return get_script_run_ctx(suppress_warning=True) is not None
 
 
-def finished_runs(root: Path, product: str) -> list[Path]:
-    """Run folders of a product with a finished adapter, the 'latest' one first, then newest first."""
-    base = root / product
-    if not base.is_dir():
-        return []
-    done = [p for p in base.iterdir() if (p / "adapter" / "adapter_config.json").is_file()
-            and (p / "run.json").is_file()]
-    done.sort(key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
-    latest = runs.latest_run(root, product)
-    if latest is not None and latest in done:
-        done.remove(latest)
-        done.insert(0, latest)
-    return done
+def launch(page_file: str, argv: list[str] | None = None) -> None:
+    """`python -m apps.<product>.demo [streamlit options]`: run the page with streamlit, on loopback only."""
+    import sys
+
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", page_file, *SAFE_FLAGS, *(sys.argv[1:] if argv is None else argv)]
+    sys.exit(cli.main())
 
 
-def read_eval(run_dir: Path) -> tuple[dict | None, list[dict]]:
-    """(eval/metrics.json or None, eval/predictions.jsonl rows) of a run; missing files are not an error."""
-    out = run_dir / "eval"
-    metrics = runs.read_json(out / "metrics.json") if (out / "metrics.json").is_file() else None
-    rows = []
-    if (out / "predictions.jsonl").is_file():
-        with (out / "predictions.jsonl").open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    return metrics, rows
+def exposure_problem() -> str | None:
+    """Why this server should not serve the page, or None: it listens on every interface, or sends usage
+    statistics, without anyone having asked for it (started with plain `streamlit run` outside the repository
+    root, where no config file sets either)."""
+    from streamlit import config
+
+    if not config.get_option("server.address") and not config.is_manually_set("server.address"):
+        return "listens on every network interface"
+    if config.get_option("browser.gatherUsageStats") and not config.is_manually_set("browser.gatherUsageStats"):
+        return "sends usage statistics"
+    return None
 
 
 @dataclasses.dataclass
@@ -67,7 +70,7 @@ class LoadedRun:
 def load(run_dir: str | Path) -> LoadedRun:
     from .generate import load_run
 
-    model, tokenizer, fmt, cfg = load_run(run_dir)
+    model, tokenizer, fmt, cfg = load_run(runs.Run.load(run_dir))
     return LoadedRun(Path(run_dir), model, tokenizer, fmt, cfg)
 
 
@@ -157,23 +160,43 @@ def check_text(text: str | None, what: str, max_chars: int, required: bool = Tru
     return checked
 
 
-def page_no_run(product: str, root: Path) -> None:
+def page_no_run(product: str, root: Path, train_command: str) -> None:
     """The page shown when no finished run exists: what is missing and the exact command to make one."""
     import streamlit as st
 
     st.warning(f"No finished {product.replace('_', ' ')} run under `{root / product}`.")
     st.markdown("Train one (a few minutes on a CPU with the default settings), then reload this page:")
-    st.code(f"python -m apps.{product}.train\npython -m apps.{product}.evaluate --run latest", language="bash")
-    st.caption(f"The demo looks for runs in `{root}` (set {RUNS_ENV} to look elsewhere).")
+    st.code(f"{train_command}\n{train_command.rsplit('.', 1)[0]}.evaluate --run latest", language="bash")
+    st.caption(f"The demo looks for runs in `{root}` (set {runs.RUNS_ENV} to look elsewhere).")
     st.stop()
 
 
 _cached_load = None
 
 
-def start_page(product: str, title: str, icon: str) -> tuple[Path, LoadedRun]:
-    """Page set-up both demos share: title, the run picker, and the run's model loaded once per server
-    process (st.cache_resource: every session and rerun gets the same copy)."""
+def serve(page) -> None:
+    """Run a page function; any error shows as one line on the page (and its traceback in the server's log),
+    never as a traceback box. Streamlit's own stop/rerun signals pass through."""
+    import logging
+
+    import streamlit as st
+
+    from .config import ConfigError
+    from .data import DataError
+
+    try:
+        page()
+    except (ConfigError, DataError) as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - the page boundary: nothing reaches the user as a traceback
+        logging.getLogger("shared.demo").exception("demo page failed")
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no message"
+        st.error(f"Something went wrong: {e.__class__.__name__}: {first}. The server's log has the details.")
+
+
+def start_page(task, title: str, icon: str) -> tuple[runs.Run, LoadedRun]:
+    """Page set-up both demos share: title, the exposure check, the run picker, and the run's model loaded once
+    per server process (st.cache_resource: every session and rerun gets the same copy)."""
     import streamlit as st
 
     global _cached_load
@@ -181,18 +204,37 @@ def start_page(product: str, title: str, icon: str) -> tuple[Path, LoadedRun]:
         _cached_load = st.cache_resource(show_spinner="Loading the model (once per process)…")(load)
     st.set_page_config(page_title=title, page_icon=icon, layout="wide")
     st.title(title)
-    run_dir = pick_run(product)
-    return run_dir, _cached_load(str(run_dir))
+    problem = exposure_problem()
+    if problem:
+        st.error(f"This server {problem}, because it was started without the demo's settings. Start it with "
+                 f"`{task.command('demo')}` (loopback only, no statistics), or pass --server.address and "
+                 "--browser.gatherUsageStats to `streamlit run` to choose yourself.")
+        st.stop()
+    run = pick_run(task)
+    return run, _cached_load(str(run.path))
 
 
-def pick_run(product: str) -> Path:
+def pick_run(task) -> runs.Run:
     """Sidebar choice of run folder (default: the latest run); stops with the 'no run' page when there is none."""
     import streamlit as st
 
-    root = runs_root()
-    choices = finished_runs(root, product)
+    root = runs.runs_root()
+    choices = runs.finished_runs(root, task.name)
     if not choices:
-        page_no_run(product, root)
+        page_no_run(task.name, root, task.command("train"))
     names = [p.name for p in choices]
-    name = st.sidebar.selectbox("Run", names, index=0, help=f"finished runs under {root / product}")
-    return choices[names.index(name)]
+    name = st.sidebar.selectbox("Run", names, index=0, help=f"finished runs under {root / task.name}")
+    return runs.Run.load(choices[names.index(name)])
+
+
+def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
+    """Sidebar choice among the run's evaluations (the run's own test file first): (name, metrics, rows)."""
+    import streamlit as st
+
+    names = sorted(run.record.evaluations, key=lambda n: (n != "test", n))
+    if not names:
+        return None, None, []
+    name = st.sidebar.selectbox("Evaluation", names, index=0,
+                                format_func=lambda n: f"{n} ({run.record.evaluations[n].get('data', '')})",
+                                help="the test file whose scores and predictions are shown")
+    return (name, *run.read_eval(name))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from . import runs
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import DataReport, Row
 from .generate import base_model, generate, load_run
 from .log import log
@@ -16,7 +15,7 @@ from .task import Task
 
 @dataclasses.dataclass
 class Predictions:
-    run_dir: Path
+    run: runs.Run
     source: str
     rows: list[Row]
     finetuned: list[str]
@@ -27,20 +26,42 @@ class Predictions:
     extra: object = None  # what the `extra` hook returned (e.g. the price predictor's beam candidates)
 
 
-def predict_both(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
-                 with_base: bool = True, extra=None, **generate_overrides) -> Predictions:
-    """Generate raw answers for every test row with the fine-tuned model and (optionally) the base model.
+@dataclasses.dataclass
+class EvalPlan:
+    """What an evaluation needs, checked and read before any model loads: a bad test file or a moved training
+    file fails in seconds, not after minutes of generation."""
+    run: runs.Run
+    cfg: RunConfig
+    source: str
+    name: str  # eval/<name>/: the run's own test file is 'test', another file its own name
+    rows: list[Row]
+
+
+def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
+         runs_root: str | None = None) -> EvalPlan:
+    loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"))
+    cfg = loaded.config()
+    source = data or cfg.data.test
+    if not source:
+        raise ConfigError(f"run {loaded.path} names no test file (data.test); pass --data FILE")
+    rows = task.read(source, DataReport(), limit=limit, last=last, drop_duplicates=False)
+    if not rows:
+        raise ConfigError(f"{source}: no usable rows to evaluate")
+    return EvalPlan(loaded, cfg, source, runs.eval_name(source, cfg.data.test), rows)
+
+
+def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None,
+                 **generate_overrides) -> Predictions:
+    """Generate raw answers for every planned row with the fine-tuned model and (optionally) the base model.
 
     extra: optional fn(model, tokenizer, fmt, prompts) -> anything, run with the fine-tuned model loaded, for
     a product's own decoding on the same weights (no second load)."""
-    run_dir = runs.find_run(run, "runs", task.name)
-    model, tokenizer, fmt, cfg = load_run(run_dir)
+    model, tokenizer, fmt, cfg = load_run(p.run)
     gen = dataclasses.replace(cfg.generate, **{k: v for k, v in generate_overrides.items() if v})
-    source = data or cfg.data.test
-    rows = task.read(source, DataReport(), limit=limit, last=last, drop_duplicates=False)
+    rows = p.rows
     prompts = [task.inference_prompt(r, fmt) for r in rows]
     budgets = [task.answer_budget(r, tokenizer) for r in rows]
-    log(f"evaluating {len(rows)} rows of {source}")
+    log(f"evaluating {len(rows)} rows of {p.source}")
     timings = {}
     t0 = time.time()
     tuned = generate(model, tokenizer, fmt, prompts, gen, budgets, progress="fine-tuned")
@@ -56,4 +77,4 @@ def predict_both(task: Task, run: str, data: str | None = None, limit: int = 0, 
         t0 = time.time()
         extra_result = extra(model, tokenizer, fmt, prompts)
         timings["extra_s"] = round(time.time() - t0, 1)
-    return Predictions(run_dir, source, rows, tuned, base, dataclasses.asdict(gen), timings, cfg, extra_result)
+    return Predictions(p.run, p.source, rows, tuned, base, dataclasses.asdict(gen), timings, cfg, extra_result)

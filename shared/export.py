@@ -42,15 +42,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shared.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder with a finished adapter/ (or 'latest' with --product)")
-    p.add_argument("--product", default="translator", choices=["translator", "price_predictor"],
-                   help="product whose latest run --run latest means (default: translator)")
+    p.add_argument("--product", help="with --run latest: the product whose latest run to export (the name of its "
+                                     "folder under the runs root, e.g. translator)")
+    p.add_argument("--runs-root", help="where runs live, for --run latest (default: $FT_RUNS_DIR, else ./runs)")
     p.add_argument("--merged", required=True, help="output folder for the merged model (safetensors + tokenizer)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="weights of the merged model (default: the run's weight dtype, never 4-/8-bit)")
     p.add_argument("--gguf", help="also write this .gguf file (needs llama.cpp's convert_hf_to_gguf.py)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the merged folder to this hub repo (user/name)")
     p.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public")
-    p.add_argument("--overwrite", action="store_true", help="replace --merged if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --merged if it holds an earlier export (a folder with export.json); any other "
+                        "folder is never replaced")
     return p
 
 
@@ -84,20 +87,15 @@ def hub_token() -> str | None:
         return None
 
 
-def preflight(args) -> tuple[Path, list[str] | None, str | None]:
-    """(run folder, GGUF converter command, hub token): everything that can be refused is refused here."""
+def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
+    """(run, GGUF converter command, hub token): everything that can be refused is refused here."""
     if args.run in ("", "latest"):
-        run = runs.find_run("latest", "runs", args.product)
+        if not args.product:
+            raise ConfigError("--run latest needs --product (the product whose latest run to export)")
+        run = runs.find_run("latest", args.product, args.runs_root)
     else:
-        run = Path(args.run)
-        product = runs.read_json(run / "run.json").get("product", args.product) if (run / "run.json").is_file() \
-            else args.product
-        run = runs.find_run(str(run), "runs", product)
-    out = Path(args.merged)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"--merged {out} exists and is not empty; pass --overwrite to replace it")
-    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
-        raise ConfigError(f"--merged {out} is inside the run folder {run}; write the merged model elsewhere")
+        run = runs.Run.load(args.run).require()
+    check_merged_target(Path(args.merged), run, args.overwrite, runs.runs_root(args.runs_root))
     converter = None
     if args.gguf:
         converter = find_converter()
@@ -118,9 +116,26 @@ def preflight(args) -> tuple[Path, list[str] | None, str | None]:
     return run, converter, token
 
 
+def check_merged_target(out: Path, run: runs.Run, overwrite: bool, root: Path) -> None:
+    """--merged may be new, empty, or (with --overwrite) an earlier export; never the run, a folder holding
+    the run or the runs root, nor a folder of someone's own files."""
+    runs.check_apart(out, run.path, "--merged", "the run folder")
+    if root.exists() and runs.contains(out, root):
+        raise ConfigError(f"--merged {out} contains the runs root {root}; replacing it would delete every run. "
+                          "Pick another folder.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--merged {out} is a file; pass a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "export.json").is_file():
+            raise ConfigError(f"--merged {out} is not empty and holds no earlier export (no export.json); nothing "
+                              "was touched. Pick a new or empty folder.")
+        if not overwrite:
+            raise ConfigError(f"--merged {out} holds an earlier export; pass --overwrite to replace it")
+
+
 # ---------------------------------------------------------------- the work
 
-def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) -> dict:
+def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False) -> dict:
     """Merge the run's adapter into an unquantized base and save it to `out` (written beside, then moved
     into place). Returns what export.json records."""
     import torch
@@ -130,7 +145,7 @@ def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) ->
     overrides = {"quantization": "none", "backend": "transformers"}
     if dtype != "auto":
         overrides["dtype"] = dtype
-    trained = runs.read_json(run / "run.json")["config"]["model"]
+    trained = run.config().model
     t0 = time.time()
     model, tokenizer, fmt, cfg = load_run(run, model_overrides=overrides)
     merged = model.merge_and_unload()
@@ -140,9 +155,9 @@ def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) ->
     merged.generation_config.eos_token_id = stop_ids(tokenizer, fmt)  # plain generate() stops like ours
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    info = {"run": str(run.resolve()), "base": cfg.model.name, "trained_quantization": trained.get("quantization"),
+    info = {"run": str(run.path.resolve()), "base": cfg.model.name, "trained_quantization": trained.quantization,
             "merged_dtype": str(next(iter(weights))).replace("torch.", ""), "chat_format": fmt.family,
-            "end_of_turn": fmt.end_of_turn, "lora": runs.read_json(run / "run.json")["config"].get("lora"),
+            "end_of_turn": fmt.end_of_turn, "lora": run.record.config.get("lora"),
             "exported": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": runs.versions()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -152,8 +167,8 @@ def merge(run: Path, out: Path, dtype: str = "auto", overwrite: bool = False) ->
         tokenizer.save_pretrained(tmp)
         runs.write_json(tmp / "export.json", info)
         if out.exists():
-            if not overwrite and any(out.iterdir()):
-                raise ConfigError(f"--merged {out} appeared while merging; nothing was replaced")
+            if any(out.iterdir()) and not (overwrite and (out / "export.json").is_file()):
+                raise ConfigError(f"--merged {out} changed while merging; nothing was replaced")
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         run, converter, token = preflight(args)
         out = Path(args.merged)
         info = merge(run, out, args.dtype, args.overwrite)
-        log(f"merged {run} into {out} ({info['merged_dtype']}, base {info['base']}, trained with quantization "
+        log(f"merged {run.path} into {out} ({info['merged_dtype']}, base {info['base']}, trained with quantization "
             f"{info['trained_quantization']}) in {info['merge_s']} s")
         if converter:
             to_gguf(converter, out, Path(args.gguf), info["merged_dtype"])

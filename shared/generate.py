@@ -7,37 +7,35 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from . import models, runs
 from .chat import ChatFormat
-from .config import ConfigError, GenerateSettings, RunConfig, anchor_data_paths, apply, from_dict
+from .config import ConfigError, GenerateSettings, RunConfig, apply
 
 
-def load_run(run_dir: str | Path, model_overrides: dict | None = None):
+def load_run(run: runs.Run, model_overrides: dict | None = None):
     """(model with the run's adapter, tokenizer, chat format, run config) for inference.
 
     model_overrides: model.* settings changed for this load only, e.g. {"quantization": "none"} to put the
     adapter on an unquantized copy of the base (shared/export.py)."""
     from peft import PeftModel
 
-    run_dir = Path(run_dir)
-    record = runs.read_json(run_dir / "run.json")
-    cfg: RunConfig = anchor_data_paths(from_dict(record["config"]))
+    run_dir, record = run.path, run.record
+    cfg: RunConfig = run.config()
     if model_overrides:
         apply(cfg, {f"model.{key}": value for key, value in model_overrides.items()})
-    adapter = run_dir / "adapter"
+    adapter = run.adapter_dir
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter} has no adapter_config.json")
     if not (adapter / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
         raise ConfigError(f"{adapter} has no adapter_model.safetensors; adapter weights are loaded only from "
                           "safetensors (a .bin file is a pickle, and unpickling can run code)")
     model, tokenizer, fmt = models.load(cfg.model, training=False)
-    if record.get("base_model"):  # runs trained before the fingerprint existed are not checked
-        differs = models.same_base(record["base_model"], models.fingerprint(model))
+    if record.base_model:
+        differs = models.same_base(record.base_model, models.fingerprint(model))
         if differs:
             raise ConfigError(f"the adapter in {run_dir} was trained on another base model than the one "
                               f"'{cfg.model.name}' now loads ({differs}). Put the original base back at that "
@@ -70,7 +68,8 @@ def stop_ids(tokenizer, fmt: ChatFormat) -> list[int]:
 
 
 def generation_kwargs(tokenizer, fmt: ChatFormat, gen: GenerateSettings, max_new_tokens: int | None = None) -> dict:
-    kw = dict(max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=gen.do_sample,
+    budget = min(max_new_tokens, gen.max_new_tokens) if max_new_tokens else gen.max_new_tokens  # never above the cap
+    kw = dict(max_new_tokens=budget, do_sample=gen.do_sample,
               eos_token_id=stop_ids(tokenizer, fmt), pad_token_id=tokenizer.pad_token_id,
               repetition_penalty=gen.repetition_penalty)
     if gen.no_repeat_ngram_size:

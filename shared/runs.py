@@ -1,11 +1,18 @@
-"""Run folders: creation, the 'latest' pointer, atomic writes and the status field in run.json.
+"""Run folders: where they live, what makes a folder a run, and the typed record in run.json.
 
-A run folder holds run.json (status, resolved config, versions, timings, loss curve), config.yaml,
-data_report.json, loss.png, adapter/ (PEFT format) and checkpoints/ (Hugging Face checkpoint-N folders).
-run.json's "status" is "running" until the adapter is fully written; only then does it become "completed".
+A run folder holds run.json (the `RunRecord`: status, resolved config, versions, timings, loss curve,
+evaluations), config.yaml, data_report.json, loss.png, adapter/ (PEFT format), checkpoints/ (Hugging Face
+checkpoint-N folders) and eval/<name>/ per evaluated test file. run.json's "status" is "running" until the
+adapter is fully written; only then does it become "completed".
+
+The project owns a folder only when its run.json carries the marker below: nothing else is ever deleted,
+overwritten or moved aside. Every reader goes through `Run.load`, which turns a truncated, empty, non-UTF-8
+or foreign run.json into one line naming the file.
 """
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -13,10 +20,23 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, RunConfig, anchor_data_paths, from_dict
 
-LATEST = "LATEST"  # a text file in runs/<product>/ holding the latest run's folder name
+LATEST = "LATEST"  # a text file in <root>/<product>/ holding the latest run's folder name
+RUNS_ENV = "FT_RUNS_DIR"
+DEFAULT_ROOT = "runs"
+MARKER = "domain-finetune run"
+SCHEMA = 1
+STATUSES = ("running", "completed", "interrupted", "failed")
 
+
+def runs_root(configured: str | Path | None = None) -> Path:
+    """The one place that decides where runs live: the config's output.runs_root (or a command's --runs-root),
+    then $FT_RUNS_DIR, then ./runs."""
+    return Path(configured or os.environ.get(RUNS_ENV) or DEFAULT_ROOT)
+
+
+# ---------------------------------------------------------------- files
 
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
@@ -26,9 +46,54 @@ def write_json(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: str | Path, what: str = "file") -> dict:
+    """A JSON object from a file the project wrote; anything else is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {e.start}); it was not written by this "
+                          "project or is damaged") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: {what} is empty (the run stopped while writing it, or it was truncated)")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        where = f" (line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ConfigError(f"{path}: {what} is not valid JSON{where}; it is damaged or was cut short") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: {what} holds a JSON {type(obj).__name__}, not an object")
+    return obj
 
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def contains(outer: Path, inner: Path) -> bool:
+    """True when inner is outer or lies inside it (symbolic links resolved)."""
+    outer, inner = Path(outer).resolve(), Path(inner).resolve()
+    return inner == outer or outer in inner.parents
+
+
+def check_apart(target: Path, keep: Path, what: str, kept: str) -> None:
+    """Refuse to delete or replace `target` when it holds `keep` or lies inside it (both directions)."""
+    if contains(target, keep):
+        raise ConfigError(f"{what} {target} contains {kept} {keep}; replacing it would delete that. "
+                          "Pick another folder.")
+    if contains(keep, target):
+        raise ConfigError(f"{what} {target} is inside {kept} {keep}; pick a folder outside it.")
+
+
+# ---------------------------------------------------------------- processes (accelerate launch)
 
 def process_rank() -> tuple[int, int]:
     """(rank, number of processes) as `accelerate launch` / torchrun set them; (0, 1) for a plain run."""
@@ -61,13 +126,180 @@ def same_on_all_processes(value):
     return box[0]
 
 
-def new_run_dir(runs_root: str | Path, product: str, model_name: str) -> Path:
-    """A new, unused folder name under runs_root/product. Under several processes rank 0 picks it and the
+# ---------------------------------------------------------------- the record
+
+@dataclasses.dataclass
+class RunRecord:
+    """What run.json holds. Written by training and evaluation only, through `Run.save`."""
+    product: str
+    config: dict
+    commands: dict  # verb -> command line prefix, from the product's task (the core knows no product)
+    status: str = "running"
+    profile: str = ""
+    profile_reason: str = ""
+    chat_format: str = ""
+    base_model: dict | None = None  # models.fingerprint: load_run refuses the adapter on another base
+    versions: dict = dataclasses.field(default_factory=dict)
+    started: str = ""
+    finished: str | None = None
+    timings: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)
+    parameters: dict = dataclasses.field(default_factory=dict)
+    train: dict = dataclasses.field(default_factory=dict)
+    loss_curve: list = dataclasses.field(default_factory=list)
+    eval_loss: float | None = None
+    resumed_from: str | None = None
+    history: list = dataclasses.field(default_factory=list)
+    evaluations: dict = dataclasses.field(default_factory=dict)  # name -> {data, folder, written, summary}
+    error: str | None = None
+    format: str = MARKER
+    schema: int = SCHEMA
+
+    @classmethod
+    def from_json(cls, obj: dict, path: Path) -> "RunRecord":
+        if obj.get("format") != MARKER:
+            raise ConfigError(f"{path}: not a run record of this project (no \"format\": \"{MARKER}\")")
+        if obj.get("schema") != SCHEMA:
+            raise ConfigError(f"{path}: run record schema {obj.get('schema')!r}; this version reads {SCHEMA}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [n for n, f in known.items() if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and n not in obj]
+        if missing:
+            raise ConfigError(f"{path}: run record has no '{missing[0]}'; it is damaged")
+        record = cls(**{k: v for k, v in obj.items() if k in known})
+        for name, kind in (("config", dict), ("commands", dict), ("evaluations", dict), ("history", list)):
+            if not isinstance(getattr(record, name), kind):
+                raise ConfigError(f"{path}: run record field '{name}' is not a {kind.__name__}; it is damaged")
+        if record.status not in STATUSES:
+            raise ConfigError(f"{path}: run record status {record.status!r} is not one of {', '.join(STATUSES)}")
+        return record
+
+
+class Run:
+    """A run folder and its record. `Run.load` for an existing one, `Run.create` for a new one."""
+
+    def __init__(self, path: str | Path, record: RunRecord):
+        self.path = Path(path)
+        self.record = record
+
+    # -- finding and loading
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        """A folder is a run only if its run.json carries this project's marker."""
+        try:
+            return read_json(Path(path) / "run.json").get("format") == MARKER
+        except ConfigError:
+            return False
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"run folder {path} does not exist" if not path.exists()
+                              else f"{path} is a file, not a run folder")
+        record_path = path / "run.json"
+        if not record_path.exists():
+            raise ConfigError(f"{path} is not a run folder (no run.json)")
+        return cls(path, RunRecord.from_json(read_json(record_path, "run record"), record_path))
+
+    @classmethod
+    def create(cls, path: Path, product: str, config: dict, commands: dict, **fields) -> "Run":
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, RunRecord(product=product, config=config, commands=commands,
+                                   started=time.strftime("%Y-%m-%d %H:%M:%S"), **fields))
+
+    def save(self) -> None:
+        write_json(self.path / "run.json", dataclasses.asdict(self.record))
+
+    # -- what the folder holds
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def finished(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file() and self.record.status == "completed"
+
+    def config(self) -> RunConfig:
+        """The run's resolved config (data paths anchored as when it was trained)."""
+        try:
+            return anchor_data_paths(from_dict(self.record.config))
+        except ConfigError as e:
+            raise ConfigError(f"{self.path / 'run.json'}: {e}") from None
+
+    def command(self, verb: str) -> str:
+        """A command line of the run's product (stored at training time), e.g. command("train")."""
+        return self.record.commands.get(verb, f"<{self.record.product} {verb} command>")
+
+    def require(self, product: str | None = None, finished: bool = True) -> "Run":
+        """This run, checked for the command using it: the right product, and (finished) a complete adapter."""
+        if product and self.record.product != product:
+            raise ConfigError(f"{self.path} is a {self.record.product} run, not a {product} run; "
+                              f"pass a {product} run with --run")
+        if finished and not self.finished:
+            raise ConfigError(f"run {self.path} has no finished adapter (status: {self.record.status}). "
+                              f"Resume it: {self.command('train')} --output-dir {self.path} --resume")
+        return self
+
+    # -- evaluations, kept side by side
+    def eval_dir(self, name: str) -> Path:
+        return self.path / "eval" / name
+
+    def write_eval(self, name: str, source: str, metrics: dict, predictions: list[dict],
+                   summary: dict | None = None) -> Path:
+        """Write eval/<name>/metrics.json and predictions.jsonl (each atomically) and index them in run.json."""
+        out = self.eval_dir(name)
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "predictions.jsonl", predictions)
+        write_json(out / "metrics.json", metrics)
+        self.record.evaluations[name] = {"data": str(source), "folder": f"eval/{name}",
+                                         "written": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary or {}}
+        self.save()
+        return out
+
+    def read_eval(self, name: str) -> tuple[dict | None, list[dict]]:
+        """(metrics or None, prediction rows) of one evaluation; a missing one is not an error."""
+        out = self.eval_dir(name)
+        metrics = read_json(out / "metrics.json", "evaluation metrics") if (out / "metrics.json").is_file() else None
+        rows = []
+        if (out / "predictions.jsonl").is_file():
+            with (out / "predictions.jsonl").open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except ValueError:
+                            raise ConfigError(f"{out / 'predictions.jsonl'}, line {n}: not valid JSON") from None
+        return metrics, rows
+
+
+def eval_name(source: str, default_test: str = "") -> str:
+    """The folder name of an evaluation: 'test' for the run's own test file, else the file's stem (made safe)."""
+    if default_test and Path(source).resolve() == Path(default_test).resolve():
+        return "test"
+    stem = Path(source).name
+    for suffix in (".jsonl", ".json", ".csv", ".tsv", ".txt"):
+        stem = stem.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:60].strip(".-") or "data"
+
+
+# ---------------------------------------------------------------- where runs are, and which is latest
+
+def product_dir(root: Path, product: str) -> Path:
+    return Path(root) / product
+
+
+def new_run_dir(root: str | Path, product: str, model_name: str) -> Path:
+    """A new, unused folder name under root/product. Under several processes rank 0 picks it and the
     others take rank 0's choice, so one launch writes one run folder (clocks and the exists() check would
     otherwise differ between processes)."""
     path = None
     if is_main_process():
-        base = Path(runs_root) / product
+        base = product_dir(Path(root), product)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model_name).name)[:40]
         path = base / f"{stamp}-{safe}"
@@ -78,35 +310,126 @@ def new_run_dir(runs_root: str | Path, product: str, model_name: str) -> Path:
     return same_on_all_processes(path)
 
 
-def mark_latest(run_dir: Path) -> None:
-    (run_dir.parent / LATEST).write_text(run_dir.name + "\n", encoding="utf-8")
+def mark_latest(run: Run, root: Path) -> None:
+    """Point root/<product>/LATEST at the run, only when the run lives there: a run elsewhere (--output-dir)
+    never writes outside its own folder."""
+    base = product_dir(root, run.record.product)
+    if run.path.parent.resolve() == base.resolve():
+        (base / LATEST).write_text(run.path.name + "\n", encoding="utf-8")
 
 
-def latest_run(runs_root: str | Path, product: str) -> Path | None:
-    pointer = Path(runs_root) / product / LATEST
+def latest_run(root: str | Path, product: str) -> Path | None:
+    pointer = product_dir(Path(root), product) / LATEST
     if pointer.is_file():
-        path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-        if path.is_dir():
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        path = pointer.parent / name
+        if name and "/" not in name and path.is_dir():
             return path
     return None
 
 
-def find_run(run: str, runs_root: str | Path, product: str) -> Path:
-    """Resolve --run DIR, or 'latest', to a run folder with a finished adapter."""
-    if run in ("", "latest"):
-        path = latest_run(runs_root, product)
+def find_run(spec: str, product: str, root: str | Path | None = None, finished: bool = True,
+             train_command: str = "") -> Run:
+    """Resolve --run DIR, or 'latest', to a loaded run of this product (with a finished adapter)."""
+    root = runs_root(root)
+    if spec in ("", "latest"):
+        path = latest_run(root, product)
         if path is None:
-            raise ConfigError(f"no {product} run found under {runs_root}/{product}/. "
-                              f"Train one first: python -m apps.{product}.train")
+            hint = f" Train one first: {train_command}" if train_command else ""
+            raise ConfigError(f"no {product} run found under {product_dir(root, product)}/ (runs root: {root}; "
+                              f"set --runs-root or {RUNS_ENV} if it is elsewhere).{hint}")
     else:
-        path = Path(run)
-    if not (path / "run.json").is_file():
-        raise ConfigError(f"{path} is not a run folder (no run.json)")
-    status = read_json(path / "run.json").get("status")
-    if not (path / "adapter" / "adapter_config.json").is_file():
-        raise ConfigError(f"run {path} has no finished adapter (status: {status}). "
-                          f"Resume it: python -m apps.{product}.train --output-dir {path} --resume")
-    return path
+        path = Path(spec)
+    return Run.load(path).require(product, finished=finished)
+
+
+def finished_runs(root: Path, product: str) -> list[Path]:
+    """Finished run folders of a product, the 'latest' one first, then newest first; broken ones skipped."""
+    base = product_dir(root, product)
+    if not base.is_dir():
+        return []
+    done = []
+    for p in base.iterdir():
+        try:
+            run = Run.load(p)
+        except ConfigError:
+            continue
+        if run.finished and run.record.product == product:
+            done.append(p)
+    done.sort(key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
+    latest = latest_run(root, product)
+    if latest is not None and latest in done:
+        done.remove(latest)
+        done.insert(0, latest)
+    return done
+
+
+# ---------------------------------------------------------------- owning a folder for training
+
+class RunLock:
+    """An exclusive lock on a run folder for the duration of a training: a second training into the same
+    folder stops at once instead of mixing checkpoints. The kernel drops it when the process dies."""
+
+    def __init__(self, path: Path):
+        self.file = path / ".lock"
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = self.file.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise ConfigError(f"run folder {self.file.parent} is in use by another training (pid {holder}); "
+                              "wait for it to end, or pick another --output-dir") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def claim(path: Path, product: str, resume: bool, overwrite: bool, commands: dict) -> Run | None:
+    """Decide what training may do with `path`, before anything loads. Returns the existing run to resume,
+    or None for a fresh run. Never deletes: --overwrite moves a run aside (renamed beside it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} exists and is not a folder")
+    empty = not path.exists() or not any(path.iterdir())
+    if empty:
+        if resume:
+            raise ConfigError(f"--resume: {path} holds no run to resume; drop --resume to start a new run there")
+        return None
+    if not (path / "run.json").exists():
+        raise ConfigError(f"output folder {path} is not empty and is not a run of this project (no run.json); "
+                          "nothing in it was touched. Pick a new or empty --output-dir.")
+    run = Run.load(path)
+    if run.record.product != product:
+        raise ConfigError(f"{path} is a {run.record.product} run, not a {product} run; pick another --output-dir")
+    if resume:
+        return run
+    if not overwrite:
+        state = "finished" if run.record.status == "completed" else f"{run.record.status}, not finished"
+        raise ConfigError(f"{path} is a {state} run. Continue it with --resume, train into a new --output-dir, "
+                          "or pass --overwrite to move the old run aside (it is renamed, not deleted)")
+    aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    os.rename(path, aside)
+    from .log import log
+    log(f"--overwrite: the old run was moved aside to {aside}")
+    return None
 
 
 def versions() -> dict:
@@ -119,17 +442,4 @@ def versions() -> dict:
             pass
     import platform
     out["python"] = platform.python_version()
-    return out
-
-
-def write_eval(run_dir: Path, metrics: dict, predictions: list[dict]) -> Path:
-    """Write eval/metrics.json and eval/predictions.jsonl (each atomically) and return the eval folder."""
-    out = Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".predictions.jsonl.tmp{os.getpid()}"
-    with tmp.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "predictions.jsonl")
-    write_json(out / "metrics.json", metrics)
     return out

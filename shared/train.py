@@ -6,6 +6,8 @@ Flow: read + validate data -> tokenize once (prompt and completion separately, s
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -19,6 +21,7 @@ import torch
 
 from . import data as data_mod
 from . import models, runs
+from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
 from .loss import completion_loss
@@ -212,6 +215,49 @@ def check_processes(cfg: RunConfig) -> None:
                           f"over the {world} processes; use a multiple of {world}")
 
 
+def report_to(cfg: RunConfig) -> list[str]:
+    """What transformers reports to itself; TensorBoard is added by tracking_callbacks, so that its event files
+    go into the run folder (transformers would put them under checkpoints/)."""
+    return ["wandb"] if cfg.train.report_to == "wandb" else []
+
+
+def check_tracking(cfg: RunConfig) -> None:
+    """Pre-flight for train.report_to: the tracker imports, and W&B has a login or offline mode."""
+    want = cfg.train.report_to
+    if want == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.report_to=tensorboard needs the tensorboard package: pip install tensorboard") \
+                from None
+    elif want == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("train.report_to=wandb needs the wandb package: pip install wandb (then wandb login), "
+                              "or use train.report_to=tensorboard") from None
+        offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled")
+        if not offline and not (os.environ.get("WANDB_API_KEY") or _wandb_logged_in(wandb)):
+            raise ConfigError("train.report_to=wandb: not logged in to Weights & Biases. Run `wandb login`, set "
+                              "WANDB_API_KEY, or WANDB_MODE=offline to log locally")
+
+
+def _wandb_logged_in(wandb) -> bool:
+    try:
+        return bool(wandb.api.api_key)
+    except Exception:  # noqa: BLE001 - an unreadable netrc or settings file counts as no login
+        return False
+
+
+def tracking_callbacks(cfg: RunConfig, run_dir: Path) -> list:
+    if cfg.train.report_to != "tensorboard" or not runs.is_main_process():
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
 def use_bf16(cfg: RunConfig) -> bool:
     return models.bf16_fast() if cfg.train.bf16 == "auto" else cfg.train.bf16 == "true"
 
@@ -228,7 +274,7 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
         seed=t.seed, data_seed=t.seed, bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(),
         # with Unsloth, its own checkpointing is switched on in unsloth_backend.add_lora instead
-        gradient_checkpointing=t.gradient_checkpointing and models.resolve_backend(cfg.model) != "unsloth",
+        activation_checkpointing=t.gradient_checkpointing and models.resolve_backend(cfg.model) != "unsloth",
         # Several processes (accelerate launch): train.batch_size is the global batch, and each process takes
         # its slice of every batch, so the data order and the loss do not depend on the number of processes.
         accelerator_config={"split_batches": True} if runs.process_count() > 1 else None,
@@ -237,12 +283,12 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if (has_eval and t.eval_steps > 0) else "no", eval_steps=t.eval_steps or None,
-        completion_only_loss=True, max_length=cfg.model.max_length, report_to="none",
+        completion_only_loss=True, max_length=cfg.model.max_length, report_to=report_to(cfg),
         dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty(),
     )
 
 
-def _progress_callback(run_dir: Path, record: dict):
+def _progress_callback(run: runs.Run):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -262,9 +308,9 @@ def _progress_callback(run_dir: Path, record: dict):
             elapsed = time.time() - self.t0
             left = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
             log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                       f"lr {logs.get('learning_rate', 0):.2e} | {_fmt(elapsed)} elapsed, ~{_fmt(left)} left")
-            record["loss_curve"] = _curve(state.log_history)
-            runs.write_json(run_dir / "run.json", record)
+                f"lr {logs.get('learning_rate', 0):.2e} | {_fmt(elapsed)} elapsed, ~{_fmt(left)} left")
+            run.record.loss_curve = _curve(state.log_history)
+            run.save()
 
     return Progress()
 
@@ -302,103 +348,156 @@ def plot_loss(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume: bool = False,
-          callbacks: tuple = ()) -> Path:
-    """Train and write the run folder; returns it. Raises ConfigError/DataError before any training starts."""
+          overwrite: bool = False, callbacks: tuple = ()) -> Path:
+    """Train and write the run folder; returns it. Everything that can fail on bad input fails before the
+    model loads, and nothing is written before it: a refused run leaves no trace."""
     t_start = time.time()
+    prep = preflight(task, cfg, Path(run_dir), resume, overwrite)
+    # The Trainer's arguments exist before the model loads: under DeepSpeed ZeRO-3 transformers then knows,
+    # while loading, to partition the weights across processes instead of loading all of them on every one.
+    args = sft_config(cfg, prep.run_dir, has_eval=bool(prep.valid_rows))
+    model, tokenizer, fmt = models.load(cfg.model, training=True)
+    check_space(prep.run_dir, estimate_run_bytes(model, tokenizer, cfg))
+    load_s = time.time() - t_start
+    t0 = time.time()
+    train_ds, valid_ds = build_datasets(cfg, task, tokenizer, fmt, prep.train_rows, prep.valid_rows, prep.report)
+    if valid_ds is None:
+        from transformers.trainer_utils import IntervalStrategy
+        args.eval_strategy = IntervalStrategy.NO
+    timings = {"load_model_s": round(load_s, 1), "prepare_data_s": round(time.time() - t0, 1)}
+    with _owned(prep.run_dir):
+        run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
+        trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks)
+        result, checkpoint, train_s = fit(task, trainer, run, tokenizer, resume, valid_ds is not None)
+        complete(cfg, run, trainer, result, checkpoint, train_s, train_ds, t_start)
+    return prep.run_dir
+
+
+@dataclasses.dataclass
+class Preflight:
+    run_dir: Path
+    train_rows: list
+    valid_rows: list
+    report: data_mod.DataReport
+
+
+def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> Preflight:
+    """Checks that need no model: processes, data (read and validated), the run folder (ours to write?),
+    experiment tracking. Under several processes rank 0 decides about the folder and the others follow."""
     check_processes(cfg)
-    main = runs.is_main_process()  # several processes: only rank 0 writes the run folder
-    # Everything that can fail on bad input happens before the run folder exists: nothing half-made is left.
     report = data_mod.DataReport()
     train_rows, valid_rows = read_splits(cfg, task, report)
-    check_output(run_dir)
-    model, tokenizer, fmt = models.load(cfg.model, training=True)
-    check_space(run_dir, estimate_run_bytes(model, tokenizer, cfg))
-    t0 = time.time()
-    train_ds, valid_ds = build_datasets(cfg, task, tokenizer, fmt, train_rows, valid_rows, report)
-    prepare_data_s = round(time.time() - t0, 1)
+    check_tracking(cfg)
+    if runs.is_main_process():
+        runs.claim(run_dir, task.name, resume, overwrite, task.commands())
+        check_output(run_dir)
+    runs.same_on_all_processes(True)  # the others wait until rank 0 has moved an old run aside
+    return Preflight(run_dir, train_rows, valid_rows, report)
+
+
+@contextlib.contextmanager
+def _owned(run_dir: Path):
+    """The run folder, created and locked by the process that writes it, for the length of the training."""
+    if not runs.is_main_process():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with runs.RunLock(run_dir):
+        yield
+
+
+def open_run(task: Task, cfg: RunConfig, prep: Preflight, profile_reason: str, model, fmt, timings) -> runs.Run:
+    """The run record, written before the first step. A resumed run keeps its history; evaluations of the
+    adapter it had are moved aside, since they no longer describe the adapter this training will write."""
+    main = runs.is_main_process()
+    previous = runs.Run.load(prep.run_dir) if (prep.run_dir / "run.json").exists() else None
+    run = runs.Run.create(prep.run_dir, task.name, cfg.to_dict(), task.commands(), profile=cfg.profile,
+                          profile_reason=profile_reason, chat_format=fmt.family, versions=runs.versions(),
+                          base_model=models.fingerprint(model), timings=timings, data=prep.report.to_dict(),
+                          history=previous.record.history if previous else [])
+    if main:
+        if previous and (prep.run_dir / "eval").is_dir():
+            aside = prep.run_dir / f"eval-before-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(prep.run_dir / "eval", aside)
+            log(f"the run's earlier evaluations were moved to {aside}: they scored the adapter before this training")
+        save_yaml(cfg, prep.run_dir / "config.yaml")
+        run.save()
+        runs.mark_latest(run, runs.runs_root(cfg.output.runs_root))
+        runs.write_json(prep.run_dir / "data_report.json", prep.report.to_dict())
+    log(f"data: {prep.report.summary()}")
+    return run
+
+
+def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_ds, valid_ds, callbacks):
     peft_config = lora_config(cfg)
     if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
         from .unsloth_backend import add_lora
         model, peft_config = add_lora(model, cfg), None
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous = runs.read_json(run_dir / "run.json") if (resume and (run_dir / "run.json").is_file()) else {}
-    record = {"status": "running", "product": task.name, "profile": cfg.profile, "profile_reason": profile_reason,
-              "config": cfg.to_dict(), "versions": runs.versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "timings": {"load_model_s": round(time.time() - t_start - prepare_data_s, 1)},
-              "chat_format": fmt.family,
-              "resumed_from": None, "history": previous.get("history", [])}
-    record["base_model"] = models.fingerprint(model)  # load_run refuses this adapter on another base
-    if main:
-        save_yaml(cfg, run_dir / "config.yaml")
-        runs.write_json(run_dir / "run.json", record)
-        runs.mark_latest(run_dir)
-
-    record["timings"]["prepare_data_s"] = prepare_data_s
-    record["data"] = report.to_dict()
-    if main:
-        runs.write_json(run_dir / "data_report.json", report.to_dict())
-    log(f"data: {report.summary()}")
-
-    trainer = _trainer_class()(model=model, args=sft_config(cfg, run_dir, valid_ds is not None),
-                         train_dataset=train_ds, eval_dataset=valid_ds, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[_progress_callback(run_dir, record), *callbacks])
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
+                               processing_class=tokenizer, peft_config=peft_config,
+                               callbacks=[_progress_callback(run), *tracking_callbacks(cfg, run.path), *callbacks])
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    record["parameters"] = {"trainable": trainable, "total": total}
-    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
+    run.record.parameters = {"trainable": trainable, "total": total}
+    log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={args.bf16} fp16={args.fp16}; "
+        f"run folder {run.path}")
+    return trainer
+
+
+def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: bool):
+    """Train (from the last complete checkpoint when resuming), then write adapter/. A stop or a failure marks
+    the run interrupted or failed in run.json and is raised again."""
+    main = runs.is_main_process()
+    checkpoint = last_complete_checkpoint(run.checkpoints_dir) if resume else None
     if resume and checkpoint is None:
         log("no checkpoint found in this run folder: starting from step 0")
-    record["resumed_from"] = checkpoint
-    log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={trainer.args.bf16}; "
-               f"run folder {run_dir}")
-
-    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    run.record.resumed_from = checkpoint
+    old_handler = signal.signal(signal.SIGTERM, raise_terminated)
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         train_s = time.time() - t0
         # Still inside: a stop while evaluating or writing adapter/ marks the run too (the last checkpoint holds
         # every step, so --resume only redoes this part).
-        if valid_ds is not None:
-            record["eval_loss"] = trainer.evaluate().get("eval_loss")
-        _save_adapter(trainer, tokenizer, run_dir / "adapter")
+        if has_eval:
+            run.record.eval_loss = trainer.evaluate().get("eval_loss")
+        _save_adapter(trainer, tokenizer, run.adapter_dir)
     except KeyboardInterrupt:
-        record.update(status="interrupted", loss_curve=_curve(trainer.state.log_history))
+        run.record.status, run.record.loss_curve = "interrupted", _curve(trainer.state.log_history)
         if main:
-            runs.write_json(run_dir / "run.json", record)
+            run.save()
         log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
-                   f"  python -m apps.{task.name}.train --output-dir {run_dir} --resume")
+            f"  {task.command('train')} --output-dir {run.path} --resume")
         raise
     except BaseException as e:
-        record.update(status="failed", error=f"{e.__class__.__name__}: {e}"[:500])
+        run.record.status, run.record.error = "failed", f"{e.__class__.__name__}: {e}"[:500]
         if main:
-            runs.write_json(run_dir / "run.json", record)
+            run.save()
         raise
     finally:
         signal.signal(signal.SIGTERM, old_handler)
+    return result, checkpoint, train_s
 
+
+def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s: float, train_ds,
+             t_start: float) -> None:
+    """Record what the training did, plot the loss, and only then mark the run completed."""
+    rec = run.record
     tokens = sum(len(x) for x in train_ds["input_ids"])
     steps_done = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
-    record["timings"].update(train_s=round(train_s, 1), total_s=round(time.time() - t_start, 1))
-    record["train"] = {"global_step": trainer.state.global_step, "steps_this_session": steps_done,
-                       "epochs": round(trainer.state.epoch or 0, 3), "train_loss": result.training_loss,
-                       "dataset_tokens": tokens,
-                       "examples_per_s": round(steps_done * cfg.train.batch_size * cfg.train.grad_accum / train_s, 2)}
-    record["loss_curve"] = _curve(trainer.state.log_history)
-    record["history"] = record["history"] + [{"started": record["started"], "resumed_from": checkpoint,
-                                              "steps": steps_done, "train_s": round(train_s, 1)}]
-    record["status"] = "completed"
-    record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    if main:
-        plot_loss(record["loss_curve"], run_dir / "loss.png")
-        runs.write_json(run_dir / "run.json", record)
+    rec.timings.update(train_s=round(train_s, 1), total_s=round(time.time() - t_start, 1))
+    rec.train = {"global_step": trainer.state.global_step, "steps_this_session": steps_done,
+                 "epochs": round(trainer.state.epoch or 0, 3), "train_loss": result.training_loss,
+                 "dataset_tokens": tokens,
+                 "examples_per_s": round(steps_done * cfg.train.batch_size * cfg.train.grad_accum / train_s, 2)}
+    rec.loss_curve = _curve(trainer.state.log_history)
+    rec.history = rec.history + [{"started": rec.started, "resumed_from": checkpoint, "steps": steps_done,
+                                  "train_s": round(train_s, 1)}]
+    rec.status, rec.finished = "completed", time.strftime("%Y-%m-%d %H:%M:%S")
+    if runs.is_main_process():
+        plot_loss(rec.loss_curve, run.path / "loss.png")
+        run.save()
     trainer.accelerator.wait_for_everyone()  # no process returns before the run folder is complete
-    return run_dir
 
 
 def _save_adapter(trainer, tokenizer, out: Path) -> None:

@@ -39,7 +39,7 @@ def make_run(tiny_model_dir: Path, folder: Path, **model_cfg) -> Path:
     folder.mkdir(parents=True)
     peft.save_pretrained(folder / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder / "adapter")
-    runs.write_json(folder / "run.json", {"status": "completed", "product": "translator", "config": cfg.to_dict()})
+    runs.Run.create(folder, "translator", cfg.to_dict(), {}, status="completed").save()
     return folder
 
 
@@ -164,11 +164,11 @@ def test_push_needs_credentials(exported, tmp_path, monkeypatch, capsys):
 
 def test_refusals(exported, tmp_path, capsys):
     run, out = exported
-    assert "exists and is not empty" in _exit_message(capsys, ["--run", str(run), "--merged", str(out)])
+    assert "holds an earlier export; pass --overwrite" in _exit_message(capsys, ["--run", str(run), "--merged", str(out)])
     assert "not a run folder" in _exit_message(capsys, ["--run", str(tmp_path), "--merged", str(tmp_path / "m")])
     half = tmp_path / "half"
     half.mkdir()
-    runs.write_json(half / "run.json", {"status": "interrupted", "product": "translator", "config": {}})
+    runs.Run.create(half, "translator", {}, {}, status="interrupted").save()
     assert "no finished adapter" in _exit_message(capsys, ["--run", str(half), "--merged", str(tmp_path / "m")])
 
 
@@ -178,4 +178,26 @@ def test_command_line_error_is_one_line(tmp_path):
                            "--merged", str(tmp_path / "m")], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'none'} is not a run folder (no run.json)"]
+    assert done.stderr.strip().splitlines() == [f"error: run folder {tmp_path / 'none'} does not exist"]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_runs_or_a_users_folder(exported, tmp_path, capsys):
+    """--merged --overwrite where the folder holds the run (the runs folder itself, or its parent), or is a
+    folder of the user's own files: refused, and every file is byte-identical afterwards."""
+    run, _ = exported
+    holder = run.parent
+    before = _snapshot(holder)
+    for target in (holder, holder.parent, run):
+        message = _exit_message(capsys, ["--run", str(run), "--merged", str(target), "--overwrite"])
+        assert "run folder" in message
+    own = tmp_path / "my-notes"
+    own.mkdir()
+    (own / "thesis.txt").write_text("three years of work")
+    assert "holds no earlier export" in _exit_message(capsys, ["--run", str(run), "--merged", str(own),
+                                                               "--overwrite"])
+    assert (own / "thesis.txt").read_text() == "three years of work"
+    assert _snapshot(holder) == before

@@ -28,10 +28,10 @@ from transformers import TrainerCallback
 from apps.price_predictor.task import TASK as PRICE
 from apps.translator.task import TASK
 from shared import models
-from shared.cli import run_cli, train_main
+from shared.cli import raise_terminated, run_cli, train_main
 from shared.config import ConfigError, ModelConfig, resolve
 from shared.data import DataError, DataReport, read_rows
-from shared.train import _raise_interrupt, build_dataset, estimate_run_bytes, train
+from shared.train import build_dataset, estimate_run_bytes, train
 
 from .conftest import PAIRS, ROOT, make_tiny_model_dir, write_jsonl
 from .test_train_resume import _cfg
@@ -90,7 +90,7 @@ def assert_not_complete(run: Path, status: str) -> None:
     assert not (run / "adapter").exists()
     with pytest.raises(ConfigError, match="no finished adapter"):
         from shared.runs import find_run
-        find_run(str(run), "runs", "translator")
+        find_run(str(run), "translator")
 
 
 def no_model_load(monkeypatch):
@@ -257,7 +257,7 @@ def test_a_real_signal_mid_run_then_resume_matches(tiny_model_dir, pairs, refere
     finally:
         signal.signal(signal.SIGINT, old)
     assert_not_complete(run, "interrupted")
-    assert signal.getsignal(signal.SIGTERM) is not _raise_interrupt  # the SIGTERM handler was put back
+    assert signal.getsignal(signal.SIGTERM) is not raise_terminated  # the SIGTERM handler was put back
     train(TASK, _cfg(tiny_model_dir, pairs, run), run, "t", resume=True)
     assert record(run)["resumed_from"].endswith("checkpoint-2")
     assert_same_run(run, reference)
@@ -340,7 +340,7 @@ def cli_reference(tiny_model_dir, pairs, tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code, status", [
     (signal.SIGINT, 130, "interrupted"),   # Ctrl-C
-    (signal.SIGTERM, 130, "interrupted"),  # a scheduler or `kill`
+    (signal.SIGTERM, 143, "interrupted"),  # a scheduler or `kill`
     (signal.SIGKILL, -9, "running"),       # a hard kill: nothing runs, the folder still never looks complete
 ])
 def test_kill_a_training_process_then_resume(tiny_model_dir, pairs, cli_reference, tmp_path, signum, code,

@@ -2,14 +2,14 @@
 
     python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
     ... --beams 8    also score the fine-tuned model's weighted median over its 8 likeliest answers
-Writes <run>/eval/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit).
+Writes <run>/eval/<name>/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit),
+where <name> is "test" for the run's own test file and the file's name otherwise.
 """
 from __future__ import annotations
 
-from shared import runs
-from shared.cli import decoding_overrides, eval_parser, run_cli
+from shared import evaluation
+from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 from shared.data import DataReport
-from shared.evaluation import predict_both
 from shared.generate import candidates
 from shared.train import read_splits
 
@@ -17,19 +17,21 @@ from .baselines import run_baselines
 from .report import scatter, table
 from .task import TASK, is_hit, median_price, parse_price, price_metrics
 
-ANSWER_TOKENS = 8  # "999.00" + end-of-turn, as TASK.answer_budget
 
+def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
+             beams: int = 0, runs_root: str | None = None, **decoding) -> dict:
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
+    # The baselines are fitted on the run's own training rows: read them now, before minutes of generation.
+    train_rows, _ = read_splits(plan.cfg, TASK, DataReport())
 
-def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, with_base: bool = True,
-             beams: int = 0, **decoding) -> dict:
     def beam_candidates(model, tokenizer, fmt, prompts):
-        return candidates(model, tokenizer, fmt, prompts, beams, ANSWER_TOKENS, progress=f"{beams} beams")
+        return candidates(model, tokenizer, fmt, prompts, beams, TASK.answer_budget(None, tokenizer),
+                          progress=f"{beams} beams")
 
-    p = predict_both(TASK, run, data, limit, last, with_base, extra=beam_candidates if beams > 1 else None,
-                     **decoding)
+    p = evaluation.predict_both(TASK, plan, with_base, extra=beam_candidates if beams > 1 else None, **decoding)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
-    metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": p.timings,
                "finetuned": price_metrics(truth, tuned)}
     medians = [median_price(c) for c in p.extra] if p.extra is not None else None
     if medians is not None:
@@ -38,8 +40,6 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
     if p.base is not None:
         base = [parse_price(x) for x in p.base]
         metrics["base"] = price_metrics(truth, base)
-    # The baselines, fitted on the run's own training rows and scored on the same items, sit next to the LLMs.
-    train_rows, _ = read_splits(p.cfg, TASK, DataReport())
     metrics["baselines"] = run_baselines(train_rows, p.rows)
     predictions = [{"line": r.line, "title": r["title"], "category": r.values.get("category") or "",
                     "price": t, "finetuned_answer": ft_raw, "finetuned": ft,
@@ -49,7 +49,9 @@ def evaluate(run: str, data: str | None = None, limit: int = 0, last: int = 0, w
                                                          p.base or [None] * len(truth), base)]
     for row, median in zip(predictions, medians or []):
         row["finetuned_median"] = median
-    out = runs.write_eval(p.run_dir, metrics, predictions)
+    summary = {k: {"mae": metrics[k]["mae"], "hit_rate": metrics[k]["hit_rate"]}
+               for k in ("base", "finetuned", "finetuned_median") if k in metrics}
+    out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     shown = {"base model": metrics["base"]} if "base" in metrics else {}
@@ -70,8 +72,13 @@ def main(argv=None):
                         help="also score the weighted median of the fine-tuned model's N likeliest answers (beam "
                              "search); 0 = greedy only")
     args = parser.parse_args(argv)
-    run_cli(lambda: evaluate(args.run, args.data, args.limit, args.last, not args.no_base, args.beams,
-                             **decoding_overrides(args)))
+
+    def work():
+        check_counts(args)
+        evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base,
+                 beams=args.beams, runs_root=args.runs_root, **decoding_overrides(args))
+
+    run_cli(work)
 
 
 if __name__ == "__main__":

@@ -4,28 +4,31 @@
 """
 from __future__ import annotations
 
-import argparse
-
-from shared import runs
-from shared.cli import run_cli
+from shared.cli import find_run, run_cli, run_parser
+from shared.config import ConfigError
+from shared.demo import check_text
 from shared.generate import base_model, generate, load_run
+from shared.log import log
 
-from .task import TASK, item_row, parse_price
+from .task import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TASK, item_row, parse_price
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m apps.price_predictor.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="latest", help="run folder (default: the latest price_predictor run)")
+    p = run_parser(TASK, TASK.command("predict"), __doc__)
     p.add_argument("--title", required=True)
     p.add_argument("--description", default="")
     p.add_argument("--base", action="store_true", help="also show the base model's answer")
     args = p.parse_args(argv)
 
     def work():
-        run_dir = runs.find_run(args.run, "runs", TASK.name)
-        model, tokenizer, fmt, cfg = load_run(run_dir)
-        row = item_row(args.title, args.description)
+        title = check_text(args.title, "title", MAX_TITLE_CHARS)
+        description = check_text(args.description, "description", MAX_DESCRIPTION_CHARS, required=False)
+        if title.error:
+            raise ConfigError("--title is empty: give the product's title")
+        for note in title.notes + description.notes:
+            log(note)
+        model, tokenizer, fmt, cfg = load_run(find_run(TASK, args))
+        row = item_row(title.text, description.text)
         prompt = [TASK.inference_prompt(row, fmt)]
         budget = [TASK.answer_budget(row, tokenizer)]
         answer = generate(model, tokenizer, fmt, prompt, cfg.generate, budget)[0]

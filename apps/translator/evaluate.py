@@ -1,13 +1,13 @@
 """Score base and fine-tuned translations of the same sentences (BLEU ko-mecab, chrF++).
 
-    python -m apps.translator.evaluate --run runs/translator/<run>   [--data FILE] [--limit N]
-Writes <run>/eval/metrics.json and <run>/eval/predictions.jsonl.
+    python -m apps.translator.evaluate --run runs/translator/<run>   [--data FILE] [--limit N | --last N]
+Writes <run>/eval/<name>/metrics.json and predictions.jsonl, where <name> is "test" for the run's own test
+file and the file's name otherwise, so scores on several files sit side by side.
 """
 from __future__ import annotations
 
-from shared import runs
-from shared.cli import decoding_overrides, eval_parser, run_cli
-from shared.evaluation import predict_both
+from shared import evaluation
+from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 
 from .task import TASK, clean_translation, score
 
@@ -23,19 +23,22 @@ def table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(run: str, data: str | None = None, limit: int = 0, with_base: bool = True, last: int = 0,
-             **decoding) -> dict:
-    p = predict_both(TASK, run, data, limit, last, with_base, **decoding)
+def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
+             runs_root: str | None = None, **decoding) -> dict:
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
+    p = evaluation.predict_both(TASK, plan, with_base, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
-    metrics = {"run": str(p.run_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": p.timings,
                "finetuned": score(tuned, refs)}
     if p.base is not None:
         metrics["base"] = score(base, refs)
     predictions = [{"line": r.line, "source": r["en"], "reference": r["ko"], "base": b, "finetuned": t}
                    for r, b, t in zip(p.rows, base, tuned)]
-    out = runs.write_eval(p.run_dir, metrics, predictions)
+    summary = {k: {"bleu": metrics[k]["bleu"], "chrf": metrics[k]["chrf"]} for k in ("base", "finetuned")
+               if k in metrics}
+    out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
     print(table(metrics))
     print(f"wrote {out}/metrics.json and {out}/predictions.jsonl")
     return metrics
@@ -45,8 +48,13 @@ def main(argv=None):
     p = eval_parser(TASK, __doc__)
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     args = p.parse_args(argv)
-    run_cli(lambda: evaluate(args.run, args.data, args.limit, not args.no_base, args.last,
-                             **decoding_overrides(args)))
+
+    def work():
+        check_counts(args)
+        evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base,
+                 runs_root=args.runs_root, **decoding_overrides(args))
+
+    run_cli(work)
 
 
 if __name__ == "__main__":

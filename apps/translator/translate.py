@@ -5,30 +5,34 @@
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
-from shared import runs
-from shared.cli import run_cli
+from shared.cli import find_run, run_cli, run_parser
+from shared.config import ConfigError
+from shared.demo import check_text
 from shared.generate import base_model, first_line, load_run, stream
+from shared.log import log
 
-from .task import TASK, source_row
+from .task import MAX_CHARS, TASK, source_row
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m apps.translator.translate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = run_parser(TASK, TASK.command("translate"), __doc__)
     p.add_argument("text", nargs="*", help="English text (default: one sentence per line on stdin)")
-    p.add_argument("--run", default="latest", help="run folder (default: the latest translator run)")
     p.add_argument("--base", action="store_true", help="use the base model (adapter disabled)")
     args = p.parse_args(argv)
 
     def work():
-        run_dir = runs.find_run(args.run, "runs", TASK.name)
-        model, tokenizer, fmt, cfg = load_run(run_dir)
         sentences = [" ".join(args.text)] if args.text else [line for line in sys.stdin if line.strip()]
-        for sentence in sentences:
+        checked = [check_text(s, "English text", MAX_CHARS) for s in sentences]
+        if not checked or any(c.error for c in checked):
+            raise ConfigError("no English text given: pass it as an argument or one sentence per line on stdin")
+        model, tokenizer, fmt, cfg = load_run(find_run(TASK, args))
+        for sentence in checked:
+            for note in sentence.notes:
+                log(note)
+            sentence = sentence.text
             prompt = TASK.inference_prompt(source_row(sentence), fmt)
             budget = TASK.answer_budget(source_row(sentence), tokenizer)
             with (base_model(model) if args.base else contextlib.nullcontext()):

@@ -1,0 +1,222 @@
+"""The run folder belongs to the project: where runs live, what counts as a run, what training may replace,
+evaluations kept side by side, and a damaged run.json read as one line naming the file."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from apps.translator.task import TASK
+from shared import runs
+from shared.cli import train_main
+from shared.config import ConfigError
+
+from .conftest import PAIRS, write_jsonl
+from .test_faults import cli_args, cli_error
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_jsonl(folder / "other.jsonl", [{"en": e, "ko": k} for e, k in PAIRS[:3]])
+    return write_jsonl(folder / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS * 4])
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, data, tmp_path_factory) -> Path:
+    """A finished 2-step run under a custom runs root, trained through the command line."""
+    root = tmp_path_factory.mktemp("custom-root")
+    train_main(TASK, cli_args(tiny_model_dir, data, root / "translator" / "mine", 2, "--data.test", str(data),
+                              "--runs-root", str(root)))
+    return root / "translator" / "mine"
+
+
+# ---------------------------------------------------------------- where runs live
+
+def test_one_place_decides_the_runs_root(monkeypatch, tmp_path):
+    monkeypatch.delenv(runs.RUNS_ENV, raising=False)
+    assert runs.runs_root() == Path("runs")
+    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path))
+    assert runs.runs_root() == tmp_path
+    assert runs.runs_root("elsewhere") == Path("elsewhere")  # the config (or --runs-root) comes first
+
+
+def test_custom_runs_root_then_evaluate_latest(finished, monkeypatch, capsys):
+    """Train with --runs-root X, then `evaluate --run latest` finds the run: with --runs-root X, or with
+    FT_RUNS_DIR=X, and says where it wrote."""
+    from apps.translator import evaluate
+
+    root = finished.parent.parent
+    assert (root / "translator" / runs.LATEST).read_text().strip() == "mine"
+    assert runs.Run.load(finished).record.config["output"]["runs_root"] == str(root)
+    evaluate.main(["--run", "latest", "--runs-root", str(root), "--limit", "2", "--no-base"])
+    assert f"{finished}/eval/test" in capsys.readouterr().out
+    monkeypatch.setenv(runs.RUNS_ENV, str(root))
+    evaluate.main(["--run", "latest", "--limit", "2", "--no-base"])
+
+
+def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
+    from apps.translator import evaluate
+
+    evaluate.main(["--run", str(finished), "--limit", "3", "--no-base"])
+    evaluate.main(["--run", str(finished), "--data", str(data.parent / "other.jsonl"), "--no-base"])
+    run = runs.Run.load(finished)
+    assert {"test", "other"} <= run.record.evaluations.keys()
+    test_metrics, test_rows = run.read_eval("test")
+    other_metrics, other_rows = run.read_eval("other")
+    assert (len(test_rows), len(other_rows)) == (3, 3)
+    assert test_metrics["data"] == str(data) and other_metrics["data"].endswith("other.jsonl")
+    assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
+
+
+# ---------------------------------------------------------------- what training may do with a folder
+
+def test_a_folder_of_the_users_files_is_never_touched(tiny_model_dir, data, tmp_path, capsys):
+    own = tmp_path / "runs" / "translator" / "my-notes"
+    own.mkdir(parents=True)
+    (own / "notes.md").write_text("# my notes\n")
+    (own / "checkpoints").mkdir()
+    (own / "checkpoints" / "keep.txt").write_text("mine")
+    (own.parent / runs.LATEST).write_text("somebody-else\n")
+    before = snapshot(tmp_path)
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        message = cli_error(capsys, lambda: train_main(TASK, cli_args(tiny_model_dir, data, own, 2, *extra)))
+        assert str(own) in message and ("not a run" in message or "no run.json" in message)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_finished_run_is_not_replaced_without_asking(finished, tiny_model_dir, data, capsys):
+    before = snapshot(finished)
+    message = cli_error(capsys, lambda: train_main(TASK, cli_args(tiny_model_dir, data, finished, 2)))
+    assert "finished run" in message and "--resume" in message and "--overwrite" in message
+    assert snapshot(finished) == before
+
+
+def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "elsewhere" / "run"
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 2))
+    before = snapshot(run)
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 2, "--overwrite"))
+    aside = [p for p in run.parent.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and snapshot(aside[0]) == before  # renamed, byte for byte
+    assert runs.Run.load(run).finished
+    assert not (tmp_path / runs.LATEST).exists() and not (run.parent / runs.LATEST).exists()  # outside the root
+
+
+def test_a_locked_run_folder_refuses_a_second_training(finished):
+    with runs.RunLock(finished):
+        handle = (finished / ".lock").open("a+")
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.close()
+        with pytest.raises(ConfigError, match="in use by another training"):
+            with runs.RunLock(finished):
+                pass
+    with runs.RunLock(finished):  # released when the first training ends
+        pass
+
+
+# ---------------------------------------------------------------- damaged run records
+
+DAMAGE = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "empty": lambda text: "",
+    "not UTF-8": lambda text: "\udcff",
+    "a list": lambda text: "[]",
+    "no marker": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "format"}),
+    "no config": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "config"}),
+    "bad status": lambda text: json.dumps({**json.loads(text), "status": "done?"}),
+    "config not a mapping": lambda text: json.dumps({**json.loads(text), "config": [1, 2]}),
+    "unknown config key": lambda text: json.dumps({**json.loads(text), "config": {"lora": {"rank": 2}}}),
+}
+
+
+@pytest.fixture()
+def damaged_copy(finished, tmp_path):
+    import shutil
+
+    def make(kind: str) -> Path:
+        copy = tmp_path / kind.replace(" ", "-")
+        shutil.copytree(finished, copy)
+        text = (copy / "run.json").read_text(encoding="utf-8")
+        damaged = DAMAGE[kind](text)
+        (copy / "run.json").write_bytes(b"\xff\xfe\x00garbage" if kind == "not UTF-8" else damaged.encode())
+        return copy
+    return make
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_run_record_is_one_line_naming_the_file(kind, damaged_copy, tiny_model_dir, data, capsys):
+    from apps.price_predictor import predict
+    from apps.translator import evaluate, translate
+    from shared import export
+
+    run = damaged_copy(kind)
+    before = snapshot(run)
+    commands = [
+        lambda: evaluate.main(["--run", str(run)]),
+        lambda: translate.main(["--run", str(run), "Hello."]),
+        lambda: predict.main(["--run", str(run), "--title", "Kettle"]),
+        lambda: export.main(["--run", str(run), "--merged", str(run.parent / f"{run.name}-merged")]),
+        lambda: train_main(TASK, cli_args(tiny_model_dir, data, run, 2, "--resume")),
+    ]
+    for command in commands:
+        message = cli_error(capsys, command)
+        # predict refuses a translator run once its record reads well enough to say which product it is
+        assert str(run / "run.json") in message or f"{run} is a translator run" in message
+    assert snapshot(run) == before
+
+
+def test_a_run_of_another_product_is_refused(finished, capsys):
+    from apps.price_predictor import evaluate as price_evaluate
+    from apps.price_predictor import predict
+
+    for command in (lambda: predict.main(["--run", str(finished), "--title", "Kettle"]),
+                    lambda: price_evaluate.main(["--run", str(finished)])):
+        assert "is a translator run, not a price_predictor run" in cli_error(capsys, command)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "-3"], "--limit must be 0 or more"),
+    (["--last", "-1"], "--last must be 0 or more"),
+    (["--limit", "2", "--last", "2"], "cannot be combined"),
+])
+def test_counts_are_checked(finished, argv, message, capsys):
+    from apps.translator import evaluate
+
+    assert message in cli_error(capsys, lambda: evaluate.main(["--run", str(finished), *argv]))
+
+
+def test_empty_input_is_refused_before_loading(finished, capsys, monkeypatch):
+    from apps.price_predictor import predict
+    from apps.translator import translate
+
+    for module in (translate, predict):
+        monkeypatch.setattr(module, "load_run", lambda *a, **k: pytest.fail("loaded a model for empty input"))
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    assert "no English text" in cli_error(capsys, lambda: translate.main(["--run", str(finished), "   "]))
+    assert "--title is empty" in cli_error(capsys, lambda: predict.main(["--run", str(finished), "--title", " "]))
+
+
+def test_price_evaluation_reads_everything_before_generating(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The run's training file moved: evaluate stops at once, before any generation, naming the file."""
+    from apps.price_predictor import evaluate
+    from apps.price_predictor.task import TASK as PRICE
+    from shared import evaluation
+
+    items = [{"title": f"Item {i}", "description": "A thing.", "price": 10.0 + i} for i in range(12)]
+    train_file = write_jsonl(tmp_path / "items.jsonl", items)
+    test_file = write_jsonl(tmp_path / "test.jsonl", items[:3])
+    run = tmp_path / "price-run"
+    train_main(PRICE, cli_args(tiny_model_dir, train_file, run, 1, "--data.test", str(test_file)))
+    train_file.rename(tmp_path / "moved.jsonl")
+    monkeypatch.setattr(evaluation, "predict_both", lambda *a, **k: pytest.fail("generated before checking"))
+    message = cli_error(capsys, lambda: evaluate.main(["--run", str(run)]))
+    assert "items.jsonl" in message
