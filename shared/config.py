@@ -6,10 +6,13 @@ Command-line overrides take either form: `--lora.r 32` or `--set lora.r=32`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -21,14 +24,37 @@ class ConfigError(ValueError):
     """A config problem the user can fix; the message says what and where."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None):
-    """A dataclass field with a help text (and optional allowed values)."""
-    meta = {"help": help}
-    if choices:
-        meta["choices"] = choices
+def _f(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
+       max: float | None = None, gt: float | None = None, lt: float | None = None, item: type | None = None,
+       check: Callable[[Any], str | None] | None = None):
+    """A dataclass field with a help text and what values it allows: choices, a numeric range (min <= value,
+    value <= max, gt < value, value < lt; for a list, each item), the item type of a list, and `check`, a
+    function returning a problem (or None) for checks that need a library (run before training, not when a
+    saved run is read back)."""
+    meta: dict[str, Any] = {"help": help}
+    for key, value in (("choices", choices), ("min", min), ("max", max), ("gt", gt), ("lt", lt),
+                       ("item", item), ("check", check)):
+        if value is not None:
+            meta[key] = value
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@functools.lru_cache(maxsize=1)
+def _optimizer_names() -> tuple[str, ...]:
+    from transformers.training_args import OptimizerNames  # imported here: it pulls in torch
+
+    return tuple(o.value for o in OptimizerNames)
+
+
+def _known_optimizer(name: str) -> str | None:
+    names = _optimizer_names()
+    if name in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"is not an optimizer transformers knows; {hint}choices: {', '.join(names)}"
 
 
 @dataclass
@@ -42,68 +68,76 @@ class ModelConfig:
                     ("auto", "bfloat16", "float16", "float32"))
     chat_template: str = _f("", "Chat format family to force (phi3, llama3, gemma, chatml); empty = from registry.")
     trust_remote_code: bool = _f(False, "Allow model code from the model folder/hub to run. Off unless you ask.")
-    max_length: int = _f(256, "Longest training example in tokens; longer rows are dropped and counted.")
+    max_length: int = _f(256, "Longest training example in tokens; longer rows are dropped and counted.", min=1)
 
 
 @dataclass
 class LoraSettings:
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
-    dropout: float = _f(0.05, "Dropout on the LoRA branch.")
+    r: int = _f(16, "LoRA rank.", min=1)
+    alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).", min=1)
+    dropout: float = _f(0.05, "Dropout on the LoRA branch.", min=0, lt=1)
     target_modules: list = _f([], "Module names to adapt; empty = the model's defaults from the registry; "
                                   "'all-linear' = every linear layer.")
 
 
 @dataclass
 class TrainSettings:
-    epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).")
-    max_steps: int = _f(0, "Stop after this many optimizer steps (0 = use epochs).")
+    epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).", min=0)
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0 = use epochs).", min=0)
     batch_size: int = _f(8, "Examples per forward pass, in all: several processes (accelerate launch) split it "
-                            "evenly between them.")
+                            "evenly between them.", min=1)
     grad_accum: int = _f(1, "Gradient accumulation steps (examples per optimizer step = batch_size x grad_accum, "
-                            "whatever the number of processes).")
-    lr: float = _f(2e-4, "Peak learning rate.")
+                            "whatever the number of processes).", min=1)
+    lr: float = _f(2e-4, "Peak learning rate.", gt=0, max=1)
     scheduler: str = _f("linear", "Learning-rate schedule.", ("linear", "cosine", "constant", "constant_with_warmup"))
-    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    optim: str = _f("adamw_torch", "Optimizer name as in transformers (adamw_torch, paged_adamw_8bit, ...).")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    seed: int = _f(42, "Random seed for data order, LoRA init and dropout.")
+    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming up the learning rate.", min=0, lt=1)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0, max=1)
+    optim: str = _f("adamw_torch", "Optimizer name as in transformers (adamw_torch, paged_adamw_8bit, ...).",
+                     check=_known_optimizer)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = no clipping).", min=0)
+    seed: int = _f(42, "Random seed for data order, LoRA init and dropout.", min=0, max=2**32 - 1)  # numpy's range
     bf16: str = _f("auto", "bf16 mixed precision: auto = on where the device does bf16 fast.", ("auto", "true", "false"))
     gradient_checkpointing: bool = _f(False, "Trade compute for memory (recommended on GPU for 8B models).")
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding, faster).")
-    logging_steps: int = _f(5, "Log loss every N steps.")
-    save_steps: int = _f(50, "Save a resumable checkpoint every N steps.")
-    save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
-    eval_steps: int = _f(0, "Evaluate loss on the validation split every N steps (0 = only at the end).")
+    logging_steps: int = _f(5, "Log loss every N steps.", min=1)
+    save_steps: int = _f(50, "Save a resumable checkpoint every N steps.", min=1)
+    # at least 1: 0 means "keep every checkpoint" to transformers, which the pre-flight disk check cannot size
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints.", min=1)
+    eval_steps: int = _f(0, "Evaluate loss on the validation split every N steps (0 = only at the end).", min=0)
+    report_to: str = _f("none", "Experiment tracking as transformers names it; tensorboard logs go into the run "
+                                "folder.", ("none", "tensorboard", "wandb"))
 
 
 @dataclass
 class DataSettings:
-    train: str = _f("", "Training data: JSONL, CSV, TSV file or Hugging Face dataset id.")
+    train: str = _f("", "Training data: JSONL, JSON, CSV, TSV file or Hugging Face dataset id; several, separated "
+                        "by commas, are mixed (see weights).")
     valid: str = _f("", "Validation data; empty = split valid_fraction off the training data.")
     test: str = _f("", "Test data used by evaluate when --data is not given.")
-    limit: int = _f(0, "Use only the first N training rows (0 = all).")
-    valid_fraction: float = _f(0.05, "Fraction held out for validation when no valid file is given.")
+    limit: int = _f(0, "Use only the first N training rows of each file (0 = all).", min=0)
+    valid_fraction: float = _f(0.05, "Fraction held out for validation when no valid file is given.", min=0, lt=1)
     drop_duplicates: bool = _f(True, "Drop exact duplicate rows (counted in the data report).")
+    weights: list = _f([], "Sampling weight per --data file when several are mixed; empty = all rows of every "
+                           "file. A weight w uses each row of its file w times per epoch (2 = twice, 0.5 = a "
+                           "seeded half of them, 0 = none).", item=float, min=0)
 
 
 @dataclass
 class GenerateSettings:
-    max_new_tokens: int = _f(128, "Upper bound on generated tokens.")
+    max_new_tokens: int = _f(128, "Upper bound on generated tokens.", min=1)
     do_sample: bool = _f(False, "Sample instead of greedy decoding.")
-    temperature: float = _f(0.7, "Sampling temperature (with do_sample).")
-    top_p: float = _f(0.9, "Nucleus sampling (with do_sample).")
-    top_k: int = _f(50, "Top-k sampling (with do_sample).")
-    repetition_penalty: float = _f(1.0, "Penalty >1 discourages repeating tokens.")
-    no_repeat_ngram_size: int = _f(0, "Forbid repeating n-grams of this size (0 = off).")
-    batch_size: int = _f(16, "Prompts per generation batch.")
+    temperature: float = _f(0.7, "Sampling temperature (with do_sample).", gt=0)
+    top_p: float = _f(0.9, "Nucleus sampling (with do_sample).", gt=0, max=1)
+    top_k: int = _f(50, "Top-k sampling (with do_sample; 0 = off).", min=0)
+    repetition_penalty: float = _f(1.0, "Penalty >1 discourages repeating tokens.", gt=0)
+    no_repeat_ngram_size: int = _f(0, "Forbid repeating n-grams of this size (0 = off).", min=0)
+    batch_size: int = _f(16, "Prompts per generation batch.", min=1)
 
 
 @dataclass
 class OutputSettings:
     dir: str = _f("", "Run folder; empty = a new folder under runs/<product>/.")
-    runs_root: str = _f("runs", "Where new run folders are created.")
+    runs_root: str = _f("", "Where runs live; empty = $FT_RUNS_DIR, else ./runs (shared/runs.py:runs_root).")
 
 
 @dataclass
@@ -151,44 +185,92 @@ def _field_of(key: str) -> tuple[Any, dataclasses.Field]:
     return cls, fields[parts[1]]
 
 
-def coerce(key: str, value: Any) -> Any:
-    """Convert a YAML or command-line value to the field's type, or raise ConfigError naming the key."""
-    cls, f = _field_of(key)
-    ftype = typing.get_type_hints(cls)[f.name]
-    try:
-        if ftype is bool:
-            if isinstance(value, bool):
-                out = value
-            elif str(value).lower() in ("1", "true", "yes", "on"):
-                out = True
-            elif str(value).lower() in ("0", "false", "no", "off"):
-                out = False
-            else:
-                raise ValueError
-        elif ftype is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            out = int(value)
-        elif ftype is float:
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)
-        elif ftype is list:
-            if isinstance(value, str):
-                out = [v.strip() for v in value.split(",") if v.strip()]
-            elif isinstance(value, (list, tuple)):
-                out = [str(v) for v in value]
-            else:
-                raise ValueError
+def _scalar(ftype: type, value: Any) -> Any:
+    """value as a bool, int, float or str; ValueError/TypeError when it is not one."""
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if ftype is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    if ftype is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if isinstance(value, (dict, list)):
+        raise ValueError
+    if isinstance(value, bool):  # YAML reads `bf16: true` as a bool; the choices are the words
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
+def _convert(ftype: type, item: type, value: Any) -> Any:
+    if ftype is list:
+        if isinstance(value, str):
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
         else:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            out = "" if value is None else str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key '{key}' expects {ftype.__name__}, got {value!r}") from None
-    choices = f.metadata.get("choices")
+            raise ValueError
+        return [_scalar(item, v) for v in parts]
+    return _scalar(ftype, value)
+
+
+def _range_text(meta: dict) -> str:
+    """The allowed range in words: '>= 1', 'in [0, 1)', 'in (0, 1]'."""
+    low = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    high = (meta["max"], "]") if "max" in meta else (meta["lt"], ")") if "lt" in meta else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    return f"{'<=' if high[1] == ']' else '<'} {high[0]}" if high else ""
+
+
+def _in_range(meta: dict, x: float) -> bool:
+    return not (("min" in meta and x < meta["min"]) or ("gt" in meta and x <= meta["gt"])
+                or ("max" in meta and x > meta["max"]) or ("lt" in meta and x >= meta["lt"]))
+
+
+def _check_value(key: str, meta: dict, out: Any, deep: bool) -> None:
+    choices = meta.get("choices")
     if choices and out not in choices:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {out!r}")
+    rule = _range_text(meta)
+    if rule:
+        items = out if isinstance(out, list) else [out]
+        bad = [x for x in items if not _in_range(meta, x)]
+        if bad:
+            what = "every value" if isinstance(out, list) else "it"
+            raise ConfigError(f"config key '{key}' is {out!r}; {what} must be {rule}")
+    if deep and meta.get("check"):
+        problem = meta["check"](out)
+        if problem:
+            raise ConfigError(f"config key '{key}': {out!r} {problem}")
+
+
+def coerce(key: str, value: Any, deep: bool = False) -> Any:
+    """Convert a YAML or command-line value to the field's type and check it against the field's choices and
+    range, or raise ConfigError naming the key, the value and what is allowed. deep: also run the field's
+    library-backed check (for values a user typed; a saved run's config is not re-checked)."""
+    cls, f = _field_of(key)
+    ftype = typing.get_type_hints(cls)[f.name]
+    item = f.metadata.get("item", str)
+    try:
+        out = _convert(ftype, item, value)
+    except (TypeError, ValueError, OverflowError):
+        expects = f"a list of {item.__name__}" if ftype is list else ftype.__name__
+        raise ConfigError(f"config key '{key}' expects {expects}, got {value!r}") from None
+    # nan or inf is never a sensible setting, and nan would pass every range comparison below
+    if any(isinstance(x, float) and not math.isfinite(x) for x in (out if isinstance(out, list) else [out])):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    _check_value(key, f.metadata, out, deep)
     return out
 
 
@@ -220,18 +302,40 @@ def flatten(tree: dict, source: str) -> dict[str, Any]:
     return flat
 
 
+def _read_config_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                          "re-save the config file as UTF-8") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    flat = flatten(tree, str(path))
+    tree = _parse_yaml(path, _read_config_text(path))
+    flat = flatten(tree if tree is not None else {}, str(path))
     for key, value in flat.items():  # validate now so the error names the file
         try:
-            coerce(key, value)
+            coerce(key, value, deep=True)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     return flat
@@ -265,7 +369,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         key = key.replace("-", "_")  # --train.save-steps and --train.save_steps mean the same
         out[key] = value
     for key, value in out.items():
-        coerce(key, value)
+        coerce(key, value, deep=True)
     return out
 
 
@@ -277,7 +381,36 @@ def resolve(defaults: dict[str, Any] | None = None, yaml_path: str | Path | None
     if yaml_path:
         apply(cfg, load_yaml(yaml_path))
     apply(cfg, cli or {})
+    return validate(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Checks that involve several keys or a library, on the final config (after defaults, YAML and command
+    line), before anything slow starts. Returns cfg; raises a one-line ConfigError."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("check"):
+                _check_value(f"{section}.{f.name}", {"check": f.metadata["check"]},
+                             getattr(getattr(cfg, section), f.name), deep=True)
+    t = cfg.train
+    if t.max_steps == 0 and t.epochs <= 0:
+        raise ConfigError(f"train.epochs is {t.epochs:g} and train.max_steps is 0: the run would train 0 steps; "
+                          "set --epochs above 0 or --max-steps N")
+    _check_weights(cfg.data)
     return cfg
+
+
+def _check_weights(data: "DataSettings") -> None:
+    from .data import split_sources  # the data layer decides how a file list is written
+
+    if not data.weights:
+        return
+    n = len(split_sources(data.train)) if data.train else 0
+    if len(data.weights) != n:
+        raise ConfigError(f"data.weights has {len(data.weights)} value(s) {data.weights} but data.train names {n} "
+                          f"file(s) ({data.train or 'none'}); give one weight per file, in the same order")
+    if not any(data.weights):
+        raise ConfigError(f"data.weights are all 0 {data.weights}: no training row would be used")
 
 
 def from_dict(tree: dict) -> RunConfig:
@@ -291,9 +424,18 @@ def save_yaml(cfg: RunConfig, path: str | Path) -> None:
 
 def anchor_data_paths(cfg: RunConfig) -> RunConfig:
     """A relative data path that does not exist from the current folder but does in the project (as in the
-    shipped configs) is made absolute, so every command works from any folder."""
+    shipped configs) is made absolute, so every command works from any folder. Each file of a comma-separated
+    list is anchored on its own."""
+    from .data import split_sources
+
     for key in ("train", "valid", "test"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute() and not Path(value).exists() and (PROJECT_ROOT / value).exists():
-            setattr(cfg.data, key, str(PROJECT_ROOT / value))
+        if value:
+            setattr(cfg.data, key, ",".join(_anchored(part) for part in split_sources(value)))
     return cfg
+
+
+def _anchored(value: str) -> str:
+    if not Path(value).is_absolute() and not Path(value).exists() and (PROJECT_ROOT / value).exists():
+        return str(PROJECT_ROOT / value)
+    return value

@@ -1,9 +1,14 @@
-"""Read training data (JSONL, CSV, TSV or a Hugging Face dataset), validate every row, and report on it.
+"""Read training data (JSONL, JSON, CSV, TSV or a Hugging Face dataset), validate every row, and report on it.
 
 Policy (per field, documented in docs/data.md): a row that breaks the schema (missing field, wrong type,
-empty text, bad bytes, bad JSON) stops the run *before* any training with a DataError that names the file,
-the line and the field; exact duplicates and rows that do not fit max_length are dropped and counted in the
-data report, never silently.
+empty text, bad bytes, bad JSON, a chat row that is not one exchange) stops the run *before* any training with
+a DataError that names the file, the line and the field; exact duplicates and rows that do not fit max_length
+are dropped and counted in the data report, never silently.
+
+One reader takes what people's tools write: UTF-8 with or without a BOM, UTF-16/32 with a BOM (Excel's
+"Unicode text"), Korean CP949/EUC-KR (detected and named in the log), LF, CRLF or CR-only line endings (old
+Mac Excel), CSV cells of any size, JSON Lines or one JSON array, and chat-format rows (OpenAI `messages`,
+ShareGPT `conversations`, Alpaca `instruction`/`input`/`output`), detected per file.
 """
 from __future__ import annotations
 
@@ -12,10 +17,14 @@ import io
 import json
 import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from .config import ConfigError
+from .log import log
 
 
 class DataError(ValueError):
@@ -27,6 +36,21 @@ class DataError(ValueError):
         super().__init__(f"{where}, field '{field}': {problem}" if field else f"{where}: {problem}")
 
 
+class Unreadable(ValueError):
+    """Raised by a Field's parser for a value that must stop the run even in a drop_bad field, because reading
+    it either way could be wrong (e.g. "1.299,99"): dropping it would hide a file-wide format problem."""
+
+
+def number_from_text(text: str) -> float:
+    """'12', '-3', '1e3', '$12.50', '1,299.99' (commas only as thousands separators) -> float; ValueError else."""
+    text = text.strip().removeprefix("$").strip()
+    if "," in text:
+        if not re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+            raise ValueError(text)
+        text = text.replace(",", "")
+    return float(text)
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -34,6 +58,7 @@ class Field:
     aliases: tuple = ()
     required: bool = True
     drop_bad: bool = False  # True: a bad value drops the row (counted by reason) instead of stopping the run
+    parse: Callable[[str], float] | None = None  # text -> number for float fields (default: number_from_text)
 
 
 @dataclass
@@ -48,28 +73,38 @@ class Row:
 
 @dataclass
 class DataReport:
-    """What happened to the data: counts by outcome, and token-length percentiles of what was used."""
+    """What happened to the data: counts by outcome, and token-length percentiles of what was used.
+
+    rows_read + rows_repeated = rows_used + sum(dropped) + rows_held_out, where rows_repeated counts the extra
+    uses of rows that a data.weights above 1 repeats (rows a weight below 1 leaves out are in `dropped`)."""
     files: list = field(default_factory=list)
     rows_read: int = 0
     rows_used: int = 0
-    rows_held_out: int = 0  # split off for validation: rows_read = rows_used + dropped + rows_held_out
+    rows_held_out: int = 0  # split off for validation
+    rows_repeated: int = 0
     dropped: Counter = field(default_factory=Counter)
     token_lengths: dict = field(default_factory=dict)
     checks: dict = field(default_factory=dict)
+    formats: dict = field(default_factory=dict)  # file -> row format ("columns", "openai messages", ...)
+    encodings: dict = field(default_factory=dict)  # file -> text encoding, for files that are not UTF-8
 
     def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] += n
+        if n:
+            self.dropped[reason] += n
 
     def to_dict(self) -> dict:
         return {"files": self.files, "rows_read": self.rows_read, "rows_used": self.rows_used,
-                "rows_held_out": self.rows_held_out, "dropped": dict(self.dropped),
-                "token_lengths": self.token_lengths, "checks": self.checks}
+                "rows_held_out": self.rows_held_out, "rows_repeated": self.rows_repeated,
+                "dropped": dict(self.dropped), "token_lengths": self.token_lengths, "checks": self.checks,
+                "formats": self.formats, "encodings": self.encodings}
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}: {v}" for k, v in self.dropped.items()) or "none"
         lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
         held = f", held out for validation {self.rows_held_out}" if self.rows_held_out else ""
-        return f"rows read {self.rows_read}, used {self.rows_used}{held}, dropped ({drops}); tokens {lengths}"
+        repeated = f", repeated by data.weights {self.rows_repeated}" if self.rows_repeated else ""
+        return (f"rows read {self.rows_read}{repeated}, used {self.rows_used}{held}, dropped ({drops}); "
+                f"tokens {lengths}")
 
 
 def percentiles(values: list[int]) -> dict:
@@ -80,102 +115,377 @@ def percentiles(values: list[int]) -> dict:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1], "mean": round(sum(s) / len(s), 1)}
 
 
-# ---------------------------------------------------------------- reading
+# ---------------------------------------------------------------- bytes -> text
 
-def _decode_lines(path: Path) -> list[tuple[int, str]]:
-    """Decode a file line by line so a bad byte is reported with its line; tolerate a BOM and CRLF."""
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(path, 1, "", "is UTF-16 (it starts with a UTF-16 byte-order mark); re-save the file as UTF-8")
-    out = []
-    lines = raw.split(b"\n")
-    for i, chunk in enumerate(lines, start=1):
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(path, i, _field_at(path, lines[0], chunk, e.start),
-                            f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1}); "
-                            "re-save the file as UTF-8") from None
-        out.append((i, text.rstrip("\r")))
-    return out
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))  # UTF-32 first: its LE mark starts like UTF-16's
+_BYTE_BREAK = re.compile(rb"\r\n|\r|\n")
+_BREAK = re.compile(r"\r\n|\r")  # normalized to \n (CR-only files come from old Mac Excel)
+HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")  # syllables and jamo
 
 
-def _field_at(path: Path, header: bytes, line: bytes, start: int) -> str:
+def _locate(raw: bytes, offset: int) -> tuple[int, int, bytes]:
+    """(line number, column, that line's bytes) of a byte offset; CRLF, CR and LF each end a line."""
+    breaks = list(_BYTE_BREAK.finditer(raw, 0, offset))
+    start = breaks[-1].end() if breaks else 0
+    nxt = _BYTE_BREAK.search(raw, offset)
+    return len(breaks) + 1, offset - start + 1, raw[start:nxt.start() if nxt else len(raw)]
+
+
+def _field_at(path: Path, raw: bytes, line: bytes, start: int) -> str:
     """Best effort: the name of the field that holds the bad byte at `start` of `line` ('' if unknown)."""
+    header = _BYTE_BREAK.split(raw, 1)[0]
     bad = line[:start].decode("utf-8", "replace") + "\udcff"  # a marker where the bad byte is
     text = bad + line[start + 1:].decode("utf-8", "replace")
     try:
-        if path.suffix.lower() in (".csv", ".tsv", ".tab"):
-            names = next(csv.reader([header.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")],
-                                    delimiter="," if path.suffix.lower() == ".csv" else "\t"))
-            cells = next(csv.reader([text.rstrip("\r")], delimiter="," if path.suffix.lower() == ".csv" else "\t"))
+        if path.suffix.lower() in (".csv", ".tsv", ".tab", ".txt"):
+            delimiter = _delimiter(path, header.decode("utf-8", "replace"))
+            names = next(csv.reader([header.decode("utf-8", "replace").lstrip("\ufeff")], delimiter=delimiter))
+            cells = next(csv.reader([text], delimiter=delimiter))
             return next((n for n, c in zip(names, cells) if "\udcff" in c), "")
         obj = json.loads(text)
         return next((str(k) for k, v in obj.items() if isinstance(v, str) and "\udcff" in v), "")
-    except (ValueError, StopIteration, AttributeError):
+    except (ValueError, StopIteration, AttributeError, RecursionError, csv.Error):
         return ""
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _as_korean(raw: bytes) -> str | None:
+    """The text if the bytes are Korean CP949 (a superset of EUC-KR, what Korean Windows and Excel write):
+    they must decode strictly and at least half of the non-ASCII characters must be Hangul, so that a damaged
+    UTF-8 file is not misread as Korean."""
+    try:
+        text = raw.decode("cp949")
+    except UnicodeDecodeError:
+        return None
+    wide = [c for c in text if ord(c) > 127]
+    return text if wide and sum(bool(HANGUL.match(c)) for c in wide) * 2 >= len(wide) else None
+
+
+def _decode_with(path: Path, raw: bytes, encoding: str, skip: int = 0) -> str:
+    try:
+        return raw[skip:].decode(encoding)
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = raw[skip:offset].decode(encoding, "replace").count("\n") + 1
+        raise DataError(path, line, "", f"not valid {encoding.upper()} (byte offset {offset}); the file is damaged "
+                                        "or not in the encoding its byte-order mark says; re-save it as UTF-8") from None
+
+
+def _nul_encoding(raw: bytes) -> str | None:
+    """UTF-16 without a byte-order mark: ASCII text then has a zero byte in every other position."""
+    half = max(1, len(raw) // 2)
+    if raw[1::2].count(0) > half * 0.3:
+        return "utf-16-le"
+    if raw[0::2].count(0) > half * 0.3:
+        return "utf-16-be"
+    return None
+
+
+def decode_file(path: Path) -> tuple[str, str]:
+    """(text with \\n line endings, encoding used). Refuses, naming the line, byte and field, what is neither
+    UTF-8 (BOM or not), UTF-16/32 with a BOM, nor Korean CP949/EUC-KR."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, "", "", f"cannot read the file ({e.strerror})") from None
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            return _BREAK.sub("\n", _decode_with(path, raw, encoding, len(bom))), encoding
+    if b"\x00" in raw:
+        encoding = _nul_encoding(raw)
+        if encoding is None:
+            line, column, _ = _locate(raw, raw.index(b"\x00"))
+            raise DataError(path, line, "", f"contains a zero byte (column {column}): not a text file")
+        return _BREAK.sub("\n", _decode_with(path, raw, encoding)), encoding
+    try:
+        return _BREAK.sub("\n", raw.decode("utf-8")), "utf-8"
+    except UnicodeDecodeError as e:
+        error = e
+    korean = _as_korean(raw)
+    if korean is not None:
+        log(f"{path}: not UTF-8; read as Korean CP949/EUC-KR (re-save it as UTF-8 to be sure)")
+        return _BREAK.sub("\n", korean), "cp949"
+    line, column, text = _locate(raw, error.start)
+    raise DataError(path, line, _field_at(path, raw, text, column - 1),
+                    f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {column}, byte offset {error.start}) "
+                    "and not Korean CP949/EUC-KR either; re-save the file as UTF-8")
+
+
+# ---------------------------------------------------------------- text -> raw rows
+
+def _json_value(path: Path, text: str, start: int, first_line: int, line: int, decoder=json.JSONDecoder()):
+    """(value, end) of the JSON value at text[start:], or a DataError naming the line. first_line: the file's
+    line number of text's first line; line: the line the value starts on."""
+    try:
+        return decoder.raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        raise DataError(path, first_line + e.lineno - 1, "", f"not valid JSON ({e.msg} at column {e.colno})") \
+            from None
+    except RecursionError:
+        raise DataError(path, line, "", "not readable JSON: nested too deeply (over ~1,000 levels of [ or {)") \
+            from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(path, line, "", f"not readable JSON ({str(e).splitlines()[0][:120]})") from None
+
+
+def _object(path: Path, line: int, obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(path, line, "", f"expected a JSON object ({{\"key\": value, ...}}), got {type(obj).__name__}")
+    return obj
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     rows = []
-    for line_no, text in _decode_lines(path):
-        if not text.strip():
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, line_no, "", f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, line_no, "", f"expected a JSON object, got {type(obj).__name__}")
-        rows.append((line_no, obj))
+        obj, end = _json_value(path, line, len(line) - len(line.lstrip()), line_no, line_no)
+        if line[end:].strip():
+            hint = "; a .json file holds one JSON array or one object per line" if path.suffix.lower() == ".json" \
+                else ""
+            raise DataError(path, line_no, "", f"not valid JSON (extra data at column {end + 1}){hint}")
+        rows.append((line_no, _object(path, line_no, obj)))
     return rows
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict]]:
-    lines = _decode_lines(path)
-    text = "\n".join(t for _, t in lines)
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    rows = []
-    for obj in reader:
-        if not any((v or "").strip() for k, v in obj.items() if k is not None):
-            continue
-        if None in obj:  # more cells than header columns
-            raise DataError(path, reader.line_num, "", f"{len(obj[None])} more cell(s) than the header has columns")
-        rows.append((reader.line_num, obj))
+def _read_json_array(path: Path, text: str) -> list[tuple[int, dict]]:
+    """A JSON array of objects, each reported with the line it starts on."""
+    line_at = lambda i: text.count("\n", 0, i) + 1  # noqa: E731
+    skip = lambda i: len(text) - len(text[i:].lstrip()) if i < len(text) else i  # noqa: E731
+    i, rows = skip(text.index("[") + 1), []
+    while i < len(text) and text[i] != "]":
+        obj, end = _json_value(path, text, i, 1, line_at(i))
+        rows.append((line_at(i), _object(path, line_at(i), obj)))
+        i = skip(end)
+        if i < len(text) and text[i] == ",":
+            i = skip(i + 1)
+        elif i >= len(text) or text[i] != "]":
+            raise DataError(path, line_at(min(i, len(text))), "", "not valid JSON (expected ',' or ']' in the array)")
+    if i >= len(text):
+        raise DataError(path, line_at(len(text)), "", "not valid JSON (the array is not closed with ']')")
+    if text[i + 1:].strip():
+        raise DataError(path, line_at(skip(i + 1)), "", "not valid JSON (text after the closing ']' of the array)")
     return rows
+
+
+def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
+    return _read_json_array(path, text) if text.lstrip().startswith("[") else _read_jsonl(path, text)
+
+
+def _delimiter(path: Path, header: str) -> str:
+    """Tab for .tsv/.tab/.txt; for .csv a comma, or a semicolon when the header has semicolons and no comma
+    (Excel in locales with a decimal comma)."""
+    if path.suffix.lower() != ".csv":
+        return "\t"
+    return ";" if ";" in header and "," not in header else ","
+
+
+def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
+    # No cell can be longer than the file, so this limit never cuts a real cell (the default is 128 KiB).
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, text.split("\n", 1)[0]))
+    rows, header, end = [], None, 0
+    try:
+        for cells in reader:
+            start, end = end + 1, reader.line_num  # a quoted cell may run over several lines: report the first
+            if not any(c.strip() for c in cells):
+                continue
+            if header is None:
+                header = [c.strip() for c in cells]
+                continue
+            rows.append((start, _cells_to_row(path, header, cells, start, end)))
+    except csv.Error as e:
+        raise DataError(path, reader.line_num, "", f"not valid CSV ({e})") from None
+    return rows
+
+
+def _cells_to_row(path: Path, header: list[str], cells: list[str], start: int, end: int) -> dict:
+    if len(cells) > len(header):
+        raise DataError(path, start, "", f"{len(cells) - len(header)} more cell(s) than the header has columns")
+    if len(cells) < len(header) and end > start:
+        raise DataError(path, start, "", f"a quoted cell that starts on this line runs on to line {end}: "
+                                         "is a closing quote (\") missing?")
+    return {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)}
 
 
 def _read_hub(dataset_id: str) -> list[tuple[int, dict]]:
-    name, _, split = dataset_id.partition(":")
+    name, _, split_name = dataset_id.partition(":")
     try:
         import datasets
-        ds = datasets.load_dataset(name, split=split or "train")
+        ds = datasets.load_dataset(name, split=split_name or "train")
     except Exception as e:  # noqa: BLE001 - the hub raises many kinds; the user needs the message
         raise DataError(dataset_id, "", "", f"not a local file, and loading it as a Hugging Face dataset failed: "
                                             f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}") from None
     return [(i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
-def read_raw(source: str) -> list[tuple[int, dict]]:
-    """(line number, raw mapping) for each non-blank row of a file or dataset id."""
+JSON_SUFFIXES, TSV_SUFFIXES = (".jsonl", ".json", ".ndjson"), (".tsv", ".tab")
+
+
+def _read_source(source: str) -> tuple[list[tuple[int, dict]], str]:
+    """(line number, raw mapping) for each non-blank row of a file or dataset id, and the text encoding."""
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return _read_jsonl(path)
-        if suffix == ".csv":
-            return _read_delimited(path, ",")
-        if suffix in (".tsv", ".tab"):
-            return _read_delimited(path, "\t")
-        raise DataError(path, "", "", "unknown file type; use .jsonl, .csv or .tsv")
+        if suffix not in (*JSON_SUFFIXES, ".csv", *TSV_SUFFIXES, ".txt"):
+            raise DataError(path, "", "", "unknown file type; use .jsonl, .json, .csv or .tsv")
+        text, encoding = decode_file(path)
+        if suffix in JSON_SUFFIXES:
+            return _read_json(path, text), encoding
+        if suffix == ".txt" and "\t" not in text.split("\n", 1)[0]:
+            raise DataError(path, "", "", "unknown file type; use .jsonl, .json, .csv or .tsv (a .txt file is read "
+                                          "as tab-separated text, as Excel saves it, when its first line has tabs)")
+        return _read_delimited(path, text), encoding
     if path.exists():
-        raise DataError(path, "", "", "is a folder, expected a .jsonl, .csv or .tsv file")
-    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in (".jsonl", ".csv", ".tsv", ".json"):
+        raise DataError(path, "", "", "is a folder, expected a .jsonl, .json, .csv or .tsv file")
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in (*JSON_SUFFIXES, ".csv", *TSV_SUFFIXES, ".txt"):
         raise DataError(source, "", "", "file not found")
-    return _read_hub(source)
+    return _read_hub(source), "utf-8"
 
+
+def read_raw(source: str) -> list[tuple[int, dict]]:
+    """(line number, raw mapping) for each non-blank row of a file or dataset id."""
+    return _read_source(source)[0]
+
+
+# ---------------------------------------------------------------- chat formats
+
+CHAT_FORMATS = {"openai": "openai messages", "sharegpt": "sharegpt conversations", "alpaca": "alpaca"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
+          "gpt": "assistant", "chatgpt": "assistant", "model": "assistant", "bot": "assistant"}
+
+
+class _BadRow(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(problem)
+        self.field, self.problem = field, problem
+
+
+def _get(raw: dict, key: str) -> tuple[bool, Any]:
+    for k, v in raw.items():
+        if str(k).strip().lower() == key:
+            return True, v
+    return False, None
+
+
+def detect_format(raw: dict) -> str:
+    """'openai' (a `messages` list), 'sharegpt' (a `conversations` list), 'alpaca' (`instruction` and `output`)
+    or 'columns' (one field per column)."""
+    keys = {str(k).strip().lower() for k in raw}
+    if "messages" in keys:
+        return "openai"
+    if "conversations" in keys:
+        return "sharegpt"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    return "columns"
+
+
+def _text(value: Any, field: str, what: str, required: bool = True) -> str | None:
+    """A turn's text: a string, or OpenAI's list of content parts ({"type": "text", "text": ...})."""
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        if any(p.get("type", "text") != "text" for p in value):
+            raise _BadRow(field, f"{what}: has non-text content ({', '.join(str(p.get('type')) for p in value)})")
+        value = "".join(str(p.get("text", "")) for p in value)
+    if value is None:
+        if required:
+            raise _BadRow(field, f"{what}: is missing (null)")
+        return None
+    if not isinstance(value, str):
+        raise _BadRow(field, f"{what}: expected text, got {type(value).__name__} {value!r:.40}")
+    if not value.strip():
+        if not required:
+            return None
+        raise _BadRow(field, f"{what}: is empty")
+    return value.strip()
+
+
+def _turns(raw: dict, key: str, role_key: str, text_key: str) -> list[tuple[str, str]]:
+    """[(role, text)] of a messages/conversations list, roles mapped to system/user/assistant."""
+    found, turns = _get(raw, key)
+    if not found or turns is None:
+        raise _BadRow(key, "is missing")
+    if not isinstance(turns, list):
+        raise _BadRow(key, f"expected a list of turns, got {type(turns).__name__}")
+    out = []
+    for i, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise _BadRow(key, f"turn {i}: expected an object with '{role_key}' and '{text_key}', "
+                               f"got {type(turn).__name__}")
+        keys = (role_key, text_key) if role_key in turn or text_key in turn else ("role", "content")
+        role = str(turn.get(keys[0], "")).strip().lower()
+        if role not in _ROLES:
+            raise _BadRow(key, f"turn {i}: unknown {keys[0]} {turn.get(keys[0])!r} (expected system, user or "
+                               "assistant; ShareGPT: system, human or gpt)")
+        out.append((_ROLES[role], _text(turn.get(keys[1]), key, f"turn {i} ({role})")))
+    return out
+
+
+def _one_exchange(turns: list[tuple[str, str]], field: str) -> tuple[str | None, str, str]:
+    """(system, user, assistant) of [system?, user, assistant]; otherwise say what is wrong."""
+    system = turns[0][1] if turns and turns[0][0] == "system" else None
+    rest = turns[1:] if system is not None else turns
+    roles = [r for r, _ in rest]
+    if roles == ["user", "assistant"]:
+        return system, rest[0][1], rest[1][1]
+    if "system" in roles:
+        return _bad_order(field, f"turn {roles.index('system') + 1 + (system is not None)} is a second or late "
+                                 "system turn; one system turn may come first")
+    users, answers = roles.count("user"), roles.count("assistant")
+    if not answers:
+        return _bad_order(field, "has no assistant turn (the answer to learn)")
+    if not users:
+        return _bad_order(field, "has no user turn (the text to translate)")
+    if users > 1 or answers > 1:
+        return _bad_order(field, f"has {users} user and {answers} assistant turns; a row must be one exchange "
+                                 "(optional system, then user, then assistant): split it into one row per exchange")
+    return _bad_order(field, f"turns are {', '.join(roles)}; expected user, then assistant")
+
+
+def _bad_order(field: str, problem: str):
+    raise _BadRow(field, problem)
+
+
+def _alpaca(raw: dict) -> tuple[str | None, str, str]:
+    """Alpaca: the user turn is the instruction, then a blank line and the input when there is one (as Alpaca's
+    own prompt lays them out), kept whole; the answer is the output; an optional `system` column."""
+    found, history = _get(raw, "history")
+    if found and history:
+        raise _BadRow("history", f"has {len(history) if isinstance(history, list) else 'some'} earlier exchange(s); "
+                                 "a row must be one exchange: split it into one row per exchange")
+    instruction = _text(_get(raw, "instruction")[1], "instruction", "instruction")
+    extra = _text(_get(raw, "input")[1], "input", "input", required=False)
+    output = _text(_get(raw, "output")[1], "output", "output")
+    system = _text(_get(raw, "system")[1], "system", "system", required=False)
+    return system, f"{instruction}\n\n{extra}" if extra else instruction, output
+
+
+def conversation(raw: dict, fmt: str) -> tuple[str | None, str, str]:
+    """(system or None, user, assistant) of a chat-format row; raises _BadRow(field, problem)."""
+    if fmt == "alpaca":
+        return _alpaca(raw)
+    if fmt == "openai":
+        return _one_exchange(_turns(raw, "messages", "role", "content"), "messages")
+    return _one_exchange(_turns(raw, "conversations", "from", "value"), "conversations")
+
+
+def _chat_to_columns(raw: dict, fmt: str, roles: dict, file_fmt_line: int) -> dict:
+    """The row as {field: text} via roles ({'user': 'en', 'assistant': 'ko', 'system': 'system'})."""
+    if detect_format(raw) != fmt:
+        needs = {"openai": ["messages"], "sharegpt": ["conversations"], "alpaca": ["instruction", "output"]}[fmt]
+        key = next((k for k in needs if not _get(raw, k)[0]), None)
+        where = f"this file is in {CHAT_FORMATS[fmt]} format (detected from line {file_fmt_line}), and every row must be"
+        if key is None:
+            raise _BadRow(needs[0], f"this row is in {CHAT_FORMATS[detect_format(raw)]} format; {where}")
+        raise _BadRow(key, f"is missing; {where}")
+    system, user, assistant = conversation(raw, fmt)
+    out = {roles["user"]: user, roles["assistant"]: assistant}
+    if system is not None and "system" in roles:
+        out[roles["system"]] = system
+    return out
+
+
+# ---------------------------------------------------------------- rows
 
 def _lookup(raw: dict, f: Field) -> tuple[bool, Any]:
     by_lower = {str(k).strip().lower(): v for k, v in raw.items() if k is not None}
@@ -186,7 +496,7 @@ def _lookup(raw: dict, f: Field) -> tuple[bool, Any]:
 
 
 def _check(value: Any, f: Field) -> tuple[Any, str | None]:
-    """Return (clean value, problem or None)."""
+    """Return (clean value, problem or None); raises Unreadable for a value that must stop the run."""
     if value is None:
         return None, "is missing (null)"
     if f.kind is str:
@@ -199,8 +509,10 @@ def _check(value: Any, f: Field) -> tuple[Any, str | None]:
         if isinstance(value, bool):
             return None, f"expected a number, got {value!r}"
         try:
-            number = float(str(value).replace(",", "").lstrip("$")) if isinstance(value, str) else float(value)
-        except ValueError:
+            number = (f.parse or number_from_text)(value) if isinstance(value, str) else float(value)
+        except Unreadable:
+            raise
+        except (TypeError, ValueError, OverflowError):
             return None, f"expected a number, got {value!r:.40}"
         if not math.isfinite(number):
             return None, f"expected a finite number, got {value!r}"
@@ -208,49 +520,80 @@ def _check(value: Any, f: Field) -> tuple[Any, str | None]:
     return value, None
 
 
+def check_limits(limit: int, last: int) -> None:
+    """limit/last count rows from the start/end; a negative one would silently count from the other end."""
+    for name, value in (("limit", limit), ("last", last)):
+        if value is not None and value < 0:
+            raise ConfigError(f"--{name} must be 0 (all rows) or more, got {value}")
+
+
+def _missing(source: str, line: int, raw: dict, f: Field, names: str) -> DataError:
+    hint = f" (also accepted: {', '.join(f.aliases)})" if f.aliases else ""
+    fmt = detect_format(raw)
+    chat = f" This is a {CHAT_FORMATS[fmt]} row, which this product does not read." if fmt != "columns" else ""
+    return DataError(source, line, f.name, f"is missing{hint}; the row has: "
+                                           f"{', '.join(map(str, raw)) or 'nothing'}. Expected: {names}.{chat}")
+
+
+def _values(source: str, line: int, raw: dict, fields: list[Field], report: DataReport | None) -> dict | None:
+    """The row's clean values, or None when a drop_bad field drops it (counted); DataError for a bad row."""
+    names = ", ".join(f.name for f in fields)
+    values = {}
+    for f in fields:
+        found, value = _lookup(raw, f)
+        if not found:
+            if not f.required:
+                continue
+            if f.drop_bad:
+                if report is not None:
+                    report.drop(f"{f.name}: is missing")
+                return None
+            raise _missing(source, line, raw, f, names)
+        if not f.required and (value is None or (isinstance(value, str) and not value.strip())):
+            values[f.name] = None  # an optional field may be present but empty
+            continue
+        try:
+            clean, problem = _check(value, f)
+        except Unreadable as e:
+            raise DataError(source, line, f.name, str(e)) from None
+        if problem:
+            if not f.drop_bad:
+                raise DataError(source, line, f.name, problem)
+            if report is not None:
+                report.drop(f"{f.name}: {problem.split(', got')[0]}")  # e.g. "price: expected a number"
+            return None
+        values[f.name] = clean
+    return values
+
+
 def read_rows(source: str, fields: list[Field], report: DataReport | None = None,
-              limit: int = 0, drop_duplicates: bool = True, last: int = 0) -> list[Row]:
+              limit: int = 0, drop_duplicates: bool = True, last: int = 0,
+              chat_roles: dict | None = None) -> list[Row]:
     """Read and validate rows; the first bad row raises DataError (nothing is trained yet, nothing is lost).
 
-    limit: only the first N rows of the file; last: only the last N rows (for held-out tails)."""
-    raw_rows = read_raw(source)
+    limit: only the first N rows of the file; last: only the last N rows (for held-out tails).
+    chat_roles: which field takes which turn of a chat-format row ({'user': 'en', 'assistant': 'ko',
+    'system': 'system'}); None reads columns only."""
+    check_limits(limit, last)
+    raw_rows, encoding = _read_source(source)
     if not raw_rows:
         raise DataError(source, "", "", "contains no rows")
-    names = ", ".join(f.name for f in fields)
-    rows, seen = [], set()
+    fmt = detect_format(raw_rows[0][1]) if chat_roles else "columns"
+    first_line = raw_rows[0][0]
     if limit:  # the first N rows of the file, duplicates included, so a line range means what it says
         raw_rows = raw_rows[:limit]
     if last:
         raw_rows = raw_rows[-last:]
+    rows, seen = [], set()
     for line, raw in raw_rows:
         if report is not None:
             report.rows_read += 1
-        values = {}
-        for f in fields:
-            found, value = _lookup(raw, f)
-            if not found:
-                if not f.required:
-                    continue
-                if f.drop_bad:
-                    values = None
-                    if report is not None:
-                        report.drop(f"{f.name}: is missing")
-                    break
-                hint = f" (also accepted: {', '.join(f.aliases)})" if f.aliases else ""
-                raise DataError(source, line, f.name, f"is missing{hint}; the row has: "
-                                                      f"{', '.join(map(str, raw)) or 'nothing'}. Expected: {names}")
-            if not f.required and (value is None or (isinstance(value, str) and not value.strip())):
-                values[f.name] = None  # an optional field may be present but empty
-                continue
-            clean, problem = _check(value, f)
-            if problem:
-                if not f.drop_bad:
-                    raise DataError(source, line, f.name, problem)
-                values = None
-                if report is not None:
-                    report.drop(f"{f.name}: {problem.split(', got')[0]}")  # e.g. "price: expected a number"
-                break
-            values[f.name] = clean
+        if fmt != "columns":
+            try:
+                raw = _chat_to_columns(raw, fmt, chat_roles, first_line)
+            except _BadRow as e:
+                raise DataError(source, line, e.field, e.problem) from None
+        values = _values(source, line, raw, fields, report)
         if values is None:
             continue
         key = tuple(values.get(f.name) for f in fields)
@@ -262,18 +605,71 @@ def read_rows(source: str, fields: list[Field], report: DataReport | None = None
         rows.append(Row(values, str(source), line))
     if report is not None:
         report.files.append(str(source))
+        report.formats[str(source)] = CHAT_FORMATS.get(fmt, fmt)
+        if encoding != "utf-8":
+            report.encodings[str(source)] = encoding
     return rows
 
 
+# ---------------------------------------------------------------- several files
+
+def split_sources(spec: str) -> list[str]:
+    """'a.jsonl,b.csv' -> ['a.jsonl', 'b.csv']. A file that exists under the whole name (commas and all) is one
+    source; empty parts (a trailing comma) are ignored."""
+    if not spec:
+        return []
+    if "," not in spec or Path(spec).expanduser().exists():
+        return [spec]
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def _row_key(row: Row) -> tuple:
+    return tuple(sorted(row.values.items(), key=lambda kv: kv[0]))
+
+
+def drop_duplicates_across(parts: list[list[Row]], report: DataReport) -> list[list[Row]]:
+    """A row that repeats one of an earlier file is a duplicate too (each file is already free of its own)."""
+    seen, out = set(), []
+    for rows in parts:
+        keep = [r for r in rows if _row_key(r) not in seen]
+        report.drop("duplicate", len(rows) - len(keep))
+        seen.update(_row_key(r) for r in keep)
+        out.append(keep)
+    return out
+
+
+def mix(parts: list[list[Row]], weights: list[float], seed: int, report: DataReport) -> list[Row]:
+    """The rows of several files, each used `weight` times: int(w) copies of every row, plus a sample (seeded,
+    without replacement) of round(frac(w) * n) rows for the fraction. 2 = every row twice, 0.5 = half of the
+    rows, 1.5 = every row once and half of them again, 0 = none. No weights = every row once."""
+    out = []
+    for i, (rows, weight) in enumerate(zip(parts, weights or [1.0] * len(parts))):
+        whole = int(weight)
+        k = round((weight - whole) * len(rows))
+        picked = sorted(random.Random(seed * 1_000_003 + i).sample(range(len(rows)), k)) if k else []
+        out += rows * whole + [rows[j] for j in picked]
+        used = whole * len(rows) + k
+        if used >= len(rows):
+            report.rows_repeated += used - len(rows)
+        else:
+            report.drop("left out by data.weights", len(rows) - used)
+    return out
+
+
 def split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic shuffle-split: (train, held-out)."""
+    """Deterministic shuffle-split: (train, held-out). Copies of one row (data.weights above 1) stay on one side,
+    so a held-out row is never trained on."""
     if not 0 < fraction < 1 or len(rows) < 2:
         return list(rows), []
-    order = list(range(len(rows)))
+    keys = [(r.file, r.line) if isinstance(r, Row) else i for i, r in enumerate(rows)]
+    groups = list(dict.fromkeys(keys))
+    if len(groups) < 2:
+        return list(rows), []
+    order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
-    n_held = max(1, round(len(rows) * fraction))
-    held = set(order[:n_held])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    n_held = max(1, round(len(groups) * fraction))
+    held = {groups[i] for i in order[:n_held]}
+    return [r for r, k in zip(rows, keys) if k not in held], [r for r, k in zip(rows, keys) if k in held]
 
 
 def share(rows: list[Row], key: str, test: Callable[[str], bool]) -> float:
