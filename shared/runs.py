@@ -413,6 +413,8 @@ def claim(path: Path, product: str, resume: bool, overwrite: bool, commands: dic
         raise ConfigError(f"output folder {path} is not empty and is not a run of this project (no run.json); "
                           "nothing in it was touched. Pick a new or empty --output-dir.")
     run = Run.load(path)
+    with RunLock(path):  # refused now, before the model loads, if another training holds the folder
+        pass
     if run.record.product != product:
         raise ConfigError(f"{path} is a {run.record.product} run, not a {product} run; pick another --output-dir")
     if resume:

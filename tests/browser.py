@@ -44,15 +44,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(page: str, runs_root: Path, timeout: float = 120.0):
-    """`streamlit run PAGE` on 127.0.0.1 with FT_RUNS_DIR=runs_root; yields its URL once /_stcore/health is ok."""
+    """`python -m apps.<product>.demo` (the README's command) started from a folder outside the repository, with
+    FT_RUNS_DIR=runs_root; yields its URL once /_stcore/health is ok."""
     port = free_port()
-    env = {**os.environ, "FT_RUNS_DIR": str(runs_root), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "FT_RUNS_DIR": str(runs_root), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    module = ".".join(Path(page).resolve().relative_to(ROOT).with_suffix("").parts)
     log = (ROOT / "tests" / "output")
     log.mkdir(exist_ok=True)
     out = (log / f"streamlit-{Path(page).parent.name}.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", page, "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", module, "--server.port", str(port)],
+                            cwd=runs_root, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -68,7 +69,7 @@ def streamlit_server(page: str, runs_root: Path, timeout: float = 120.0):
             if time.time() > deadline:
                 raise TimeoutError(f"streamlit did not answer on {url} within {timeout:.0f} s; see {out.name}")
             time.sleep(0.5)
-        yield url
+        yield url, port
     finally:
         proc.terminate()
         try:

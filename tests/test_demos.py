@@ -118,7 +118,65 @@ def _expected(run_dir: Path, text: str, use_base: bool) -> str:
                                       use_base, budget, first_line_only=True))
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4/IPv6 addresses a local TCP port listens on, read from /proc/net (no tool needed)."""
+    import ipaddress
+
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            host, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A = LISTEN
+                raw = bytes.fromhex(host)
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))  # stored as host-order words
+                address = ipaddress.ip_address(raw)
+                found.add(str(getattr(address, "ipv4_mapped", None) or address))
+    return found
+
+
+@pytest.fixture()
+def exposed_server():
+    """Streamlit's settings as `streamlit run` has them outside the repository: every interface, statistics on."""
+    from streamlit import config
+
+    saved = {k: (config.get_option(k), config.get_where_defined(k))
+             for k in ("server.address", "browser.gatherUsageStats")}
+    config.set_option("server.address", None, where_defined="<default>")
+    config.set_option("browser.gatherUsageStats", True, where_defined="<default>")
+    yield
+    for key, (value, where) in saved.items():
+        config.set_option(key, value, where_defined=where)
+
+
 # ---------------------------------------------------------------- pages (AppTest)
+@pytest.mark.parametrize("page", [TRANSLATOR_PAGE, PRICE_PAGE])
+def test_page_refuses_to_serve_on_every_interface(page, in_runs, exposed_server):
+    assert demo.exposure_problem() == "listens on every network interface"
+    at = _app(page).run()
+    assert not at.exception and "listens on every network interface" in at.error[0].value
+    assert "python -m apps." in at.error[0].value and not at.text_area and not at.text_input
+
+
+def test_broken_run_is_one_line_on_the_page(in_runs, tmp_path, monkeypatch):
+    """A run whose base model is gone: the page says so in one line, no traceback box."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(in_runs / "translator", root / "translator")
+    run = runs.Run.load(root / "translator" / "tiny-translator")
+    run.record.config["model"]["name"] = str(tmp_path / "gone")
+    run.save()
+    monkeypatch.setenv(demo.RUNS_ENV, str(root))
+    at = _app(TRANSLATOR_PAGE).run()
+    assert not at.exception
+    assert "neither a model folder nor a .gguf file" in at.error[0].value
+
+
 @pytest.mark.parametrize("page, product", [(TRANSLATOR_PAGE, "translator"), (PRICE_PAGE, "price_predictor")])
 def test_no_run_page_gives_the_command(page, product, tmp_path, monkeypatch):
     monkeypatch.setenv(demo.RUNS_ENV, str(tmp_path))
@@ -260,7 +318,8 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
     run_dir = gemma_runs / product / "gemma-2-steps"
     shots = ROOT / "tests" / "output"
     shots.mkdir(exist_ok=True)
-    with streamlit_server(page, gemma_runs) as url, chromium() as browser:
+    with streamlit_server(page, gemma_runs) as (url, port), chromium() as browser:
+        assert listening_addresses(port) == {"127.0.0.1"}  # started outside the repository: loopback all the same
         tab = new_page(browser)
         tab.goto(url)
         if product == "translator":
