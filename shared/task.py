@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat import ChatFormat, Message, render, split_for_training
-from .data import DataReport, Field, Row, read_rows
+from .config import ConfigError
+from .data import (DataReport, Field, Row, check_limits, drop_duplicates_across, mix, read_rows,
+                   split_sources)
 
 
 class Task:
@@ -20,10 +22,34 @@ class Task:
     # the tokenizer merges across the boundary and inference would see different tokens than training.
     require_stable_prefix: bool = False
 
+    # Which field takes which turn of a chat-format row (OpenAI messages, ShareGPT, Alpaca), e.g.
+    # {"user": "en", "assistant": "ko", "system": "system"}; None: the product reads columns only.
+    chat_roles: dict | None = None
+
     def read(self, source: str, report: DataReport | None = None, limit: int = 0, last: int = 0,
-             drop_duplicates: bool = True) -> list[Row]:
-        """Read and validate a data file; products with several input formats override this."""
-        return read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
+             drop_duplicates: bool = True, weights: list[float] | tuple = (), seed: int = 0) -> list[Row]:
+        """Read and validate one data file, or several separated by commas, mixed by `weights` (see data.mix;
+        limit and last apply to each file; seed makes the sampling of fractional weights repeatable)."""
+        check_limits(limit, last)
+        sources = split_sources(source)
+        if not sources:
+            raise ConfigError("no data file given: pass --data FILE (or set data.train / data.test)")
+        if weights and len(weights) != len(sources):
+            raise ConfigError(f"data.weights has {len(weights)} value(s) but {source} names {len(sources)} file(s); "
+                              "give one weight per file, in the same order")
+        report = report if report is not None else DataReport()
+        parts = [self.read_one(s, report, limit=limit, last=last, drop_duplicates=drop_duplicates) for s in sources]
+        if len(parts) == 1 and not weights:
+            return parts[0]
+        if drop_duplicates:
+            parts = drop_duplicates_across(parts, report)
+        return mix(parts, list(weights), seed, report)
+
+    def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
+                 drop_duplicates: bool = True) -> list[Row]:
+        """Read and validate one data file; products with several input formats override this."""
+        return read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates,
+                         chat_roles=self.chat_roles)
 
     def messages(self, row: Row) -> list[Message]:
         """The conversation for a row, ending with the assistant's answer."""

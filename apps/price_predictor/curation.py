@@ -2,8 +2,9 @@
 
 The Amazon curation follows the Item class of the "LLM Engineering" course (ed-donner):
 
-* the price must parse as a number (floats, or strings such as "$1,299.99"); null, "", "—" and "None"
-  count as "no price"; other text, NaN and booleans as "price not a number";
+* the price must parse as a number (floats, or strings such as "$1,299.99"; see price_from_text for commas);
+  null, "", "—" and "None" count as "no price"; other text, NaN and booleans as "price not a number", and a
+  comma that is neither a thousands separator nor a two-digit decimal comma as "price with an ambiguous comma";
 * only MIN_PRICE <= price <= MAX_PRICE is kept ("price out of range");
 * the title is required ("no title");
 * the text is the description lines, then the feature lines, then the product details as "Key: value"
@@ -28,6 +29,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.data import Unreadable
 
 MIN_PRICE, MAX_PRICE = 0.5, 999.49
 MIN_CHARS = 300            # scrubbed text shorter than this is dropped ("too little text")
@@ -63,10 +66,14 @@ NO_PRICE_STRINGS = {"", "—", "–", "-", "none", "null", "n/a", "na"}
 REASON_BAD_JSON = "bad json"
 REASON_NO_PRICE = "no price"
 REASON_NOT_A_NUMBER = "price not a number"
+REASON_AMBIGUOUS = "price with an ambiguous comma"
 REASON_OUT_OF_RANGE = "price out of range"
 REASON_NO_TITLE = "no title"
 REASON_TOO_LITTLE_TEXT = "too little text"
 
+_CURRENCY = re.compile(r"^(?:US\s*\$|\$|USD\s*|€|EUR\s*|£)|\s*(?:USD|EUR|€|\$)$", re.IGNORECASE)
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # 1,299 and 1,299.99
+_DECIMAL_COMMA = re.compile(r"\d+,\d{2}")  # 9,99 and 1299,00
 _JUNK = re.compile(r'[\s\[\]"“”{}【】]+')
 _PHRASES = re.compile("|".join(re.escape(p) for p in sorted(BOILERPLATE_PHRASES, key=len, reverse=True)),
                       re.IGNORECASE)
@@ -86,6 +93,29 @@ class CurationStats:
         return {"read": self.read, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
 
 
+class AmbiguousPrice(Unreadable):
+    """A price whose comma could be a thousands separator or a decimal comma ("1.299,99", "12,5")."""
+
+
+def price_from_text(text: str) -> float:
+    """A price written as text -> float. A comma is read two ways only, so "9,99" never becomes 999.00:
+    as thousands separators in groups of three ("1,299", "$1,299.99"), or as a decimal comma when it is the only
+    comma, exactly two digits follow it and there is no point ("9,99" -> 9.99). Any other comma ("1.299,99",
+    "12,5", "1,2345") raises AmbiguousPrice; text that is not a number raises ValueError. A currency sign or
+    code ($, US$, USD, €, EUR, £) before or after is ignored."""
+    number = _CURRENCY.sub("", text.strip()).strip()
+    if "," not in number:
+        return float(number)
+    if _THOUSANDS.fullmatch(number):
+        return float(number.replace(",", ""))
+    if _DECIMAL_COMMA.fullmatch(number):
+        return float(number.replace(",", "."))
+    if not re.fullmatch(r"[\d.,]+", number):
+        raise ValueError(text)
+    raise AmbiguousPrice(f"{text.strip()!r} is ambiguous: its comma is neither a thousands separator (1,299.99) "
+                         "nor a decimal comma before exactly two digits (9,99); write prices with a decimal point")
+
+
 def parse_price(value) -> tuple[float | None, str | None]:
     """(price, None), or (None, reason) with reason "no price" or "price not a number". The range is not
     checked here (see check_price)."""
@@ -99,9 +129,10 @@ def parse_price(value) -> tuple[float | None, str | None]:
         text = value.strip()
         if text.casefold() in NO_PRICE_STRINGS:
             return None, REASON_NO_PRICE
-        text = re.sub(r"^(?:US\s*)?\$|^USD\s*|\s*USD$", "", text, flags=re.IGNORECASE).replace(",", "").strip()
         try:
-            price = float(text)
+            price = price_from_text(text)
+        except AmbiguousPrice:
+            return None, REASON_AMBIGUOUS
         except ValueError:
             return None, REASON_NOT_A_NUMBER
     else:

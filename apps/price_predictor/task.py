@@ -8,6 +8,8 @@ from pathlib import Path
 
 from shared.chat import ChatFormat
 from shared.data import DataReport, Field, Row, read_rows
+
+from .curation import price_from_text, read_amazon_meta
 from shared.task import Task
 
 QUESTION = "How much does this cost to the nearest dollar?"
@@ -97,16 +99,13 @@ class PriceTask(Task):
     name = "price_predictor"
     package = __package__  # "apps.price_predictor"
     fields = [Field("title", aliases=("name",)), Field("description", aliases=("text", "desc")),
-              Field("category", required=False), Field("price", kind=float, drop_bad=True)]
+              Field("category", required=False), Field("price", kind=float, drop_bad=True, parse=price_from_text)]
     configs_dir = Path(__file__).parent / "configs"
     require_stable_prefix = True  # training refuses to start if the tokenizer merges across "$"
 
-    def read(self, source: str, report: DataReport | None = None, limit: int = 0, last: int = 0,
-             drop_duplicates: bool = True) -> list[Row]:
-        report = report if report is not None else DataReport()
+    def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
+                 drop_duplicates: bool = True) -> list[Row]:
         if looks_like_amazon(source):
-            from .curation import read_amazon_meta
-
             items, stats = read_amazon_meta(source, limit=limit)
             items = items[-last:] if last else items
             report.rows_read += stats.read
