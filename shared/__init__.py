@@ -1,14 +1,7 @@
-"""The training core shared by the products: config, models, chat templates, data, training, generation."""
-import importlib.util as _util
-import os as _os
+"""The training core shared by the products: config, models, chat templates, data, training, generation.
 
-# Unsloth must be imported before transformers to patch it. Only where it can run: installed + CUDA.
-if _os.environ.get("FT_BACKEND", "auto") != "transformers" and _util.find_spec("unsloth") is not None:
-    import torch as _torch
-
-    if _torch.cuda.is_available():
-        import unsloth  # noqa: F401
-
+Unsloth is not imported here: it patches transformers, TRL and PEFT globally once imported, so it is imported
+only when a run's backend resolves to unsloth (`shared/unsloth_backend.py:activate`)."""
 import logging as _logging
 
 # bitsandbytes tries to fetch an optional CPU kernel from the model hub at import and logs a warning when it

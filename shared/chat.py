@@ -7,6 +7,9 @@ One function, `render`, turns messages into text:
 
 `split_for_training` gives the (prompt, completion) pair whose concatenation equals the training render;
 the loss is computed on the completion only (the answer plus the end-of-turn token).
+
+Products that train a base model on plain text (no chat template) end the completion with `end_of_text`
+instead: the base model's own end-of-text token, the one token it saw end every document in pretraining.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ class ChatFormat:
     bos: str  # written at the start of the text; we tokenize with add_special_tokens=False
     end_of_turn: str  # generation stops on this token; training completions end with it
     system_role: bool  # False: the system text is folded into the first user turn (Gemma)
+    # A plain-text completion (no chat template) ends with this; generation stops on it too. The base model's own
+    # EOS: Llama 3.1 *base* never trained <|eot_id|> (its embedding row is untrained), so a completion ending with
+    # it is barely learnt and generation runs on; <|end_of_text|> ended every pretraining document.
+    end_of_text: str
 
     def header(self, role: str) -> str:
         return _HEADERS[self.family](role)
@@ -38,10 +45,14 @@ _HEADERS = {
 _AFTER_TURN = {"phi3": "\n", "llama3": "", "gemma": "\n", "chatml": "\n"}
 
 FORMATS = {
-    "phi3": ChatFormat("phi3", bos="<s>", end_of_turn="<|end|>", system_role=True),
-    "llama3": ChatFormat("llama3", bos="<|begin_of_text|>", end_of_turn="<|eot_id|>", system_role=True),
-    "gemma": ChatFormat("gemma", bos="<bos>", end_of_turn="<end_of_turn>", system_role=False),
-    "chatml": ChatFormat("chatml", bos="", end_of_turn="<|im_end|>", system_role=True),
+    "phi3": ChatFormat("phi3", bos="<s>", end_of_turn="<|end|>", system_role=True, end_of_text="<|endoftext|>"),
+    "llama3": ChatFormat("llama3", bos="<|begin_of_text|>", end_of_turn="<|eot_id|>", system_role=True,
+                         end_of_text="<|end_of_text|>"),
+    # Gemma 3 270M (the cpu profile) keeps <end_of_turn>: its plain-text runs and their measured results were
+    # trained with it, and a switch to <eos> has not been measured.
+    "gemma": ChatFormat("gemma", bos="<bos>", end_of_turn="<end_of_turn>", system_role=False,
+                        end_of_text="<end_of_turn>"),
+    "chatml": ChatFormat("chatml", bos="", end_of_turn="<|im_end|>", system_role=True, end_of_text="<|endoftext|>"),
 }
 
 # Special tokens that identify a family from a tokenizer's vocabulary, checked in this order.

@@ -63,7 +63,9 @@ def base_model(model):
 
 
 def stop_ids(tokenizer, fmt: ChatFormat) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(fmt.end_of_turn), tokenizer.eos_token_id]
+    """End-of-turn (chat products), the base model's end-of-text (plain-text products) and the tokenizer's EOS."""
+    ids = [tokenizer.convert_tokens_to_ids(fmt.end_of_turn), tokenizer.convert_tokens_to_ids(fmt.end_of_text),
+           tokenizer.eos_token_id]
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 

@@ -10,8 +10,10 @@ Sources, in the order a name is tried:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,41 +85,105 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cuda_bf16_native() -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) or newer. torch.cuda.is_bf16_supported() also says True
+    on a T4 or V100 (7.x), where bf16 is emulated: slow, and Unsloth moves such a model to fp16 and then refuses
+    a bf16 trainer."""
+    return torch.cuda.get_device_capability(0) >= (8, 0)
+
+
 def bf16_fast() -> bool:
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return cuda_bf16_native()
     return cpu_has_fast_bf16()
 
 
 def weight_dtype(cfg: ModelConfig, training: bool) -> torch.dtype:
     """Frozen base weights in bf16 where the device does bf16 fast (the LoRA weights stay fp32): on the CPU
-    this skips autocast's per-step weight casts (measured 4.8 s vs 6.6 s per step on Gemma 3 270M)."""
+    this skips autocast's per-step weight casts (measured 4.8 s vs 6.6 s per step on Gemma 3 270M). A GPU
+    without native bf16 gets fp16; a CPU without fast bf16, fp32."""
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_bf16_native() else torch.float16
     return torch.bfloat16 if bf16_fast() else torch.float32
+
+
+def _gpu_name() -> str:
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{torch.cuda.get_device_name(0)}, compute capability {major}.{minor}"
+
+
+def mixed_precision(bf16: str) -> tuple[bool, bool]:
+    """The Trainer's (bf16, fp16) flags for train.bf16 = auto | true | false. auto: bf16 where the device does it
+    natively; fp16 on a GPU without it (T4, V100); neither on a CPU without fast bf16 (it has no fast fp16)."""
+    cuda = torch.cuda.is_available()
+    if bf16 == "true":
+        if cuda and not cuda_bf16_native():
+            raise ConfigError(f"train.bf16 true needs a GPU with bf16 in hardware (compute capability 8.0 or newer; "
+                              f"this is {_gpu_name()}): use --train.bf16 auto, which picks fp16 here")
+        return True, False
+    if bf16 == "false":
+        return False, False
+    if cuda:
+        return (True, False) if cuda_bf16_native() else (False, True)
+    return cpu_has_fast_bf16(), False
 
 
 # ---------------------------------------------------------------- backends
 
+UNSLOTH_INSTALL = "docs/gpu.md, section Unsloth"
+
+
+def unsloth_conflict() -> str | None:
+    """Why the installed unsloth cannot work with the installed libraries, from the pins unsloth itself declares
+    (read from its metadata: nothing is imported). Every Unsloth release up to 2026.10.9 caps transformers and trl
+    below what this project pins, so installing it next to the project either downgrades them or leaves a pair
+    that fails at import."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        version, requires = metadata.version("unsloth"), metadata.requires("unsloth") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requires:
+        req = Requirement(line)
+        if req.name.lower() not in ("transformers", "trl", "torch", "peft") or (req.marker and "extra" in str(req.marker)):
+            continue
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not req.specifier.contains(have.split("+")[0], prereleases=True):
+            return f"unsloth {version} needs {req.name}{req.specifier}, and {req.name} {have} is installed"
+    return None
+
+
 def resolve_backend(cfg: ModelConfig) -> str:
-    """'unsloth' or 'transformers'. auto: unsloth where it can run (a CUDA GPU and the package installed),
-    else transformers. Asking for unsloth where it cannot run is a ConfigError that says why and what to do."""
+    """'unsloth' or 'transformers'. auto: unsloth where it can run (a CUDA GPU, the package installed, its pins
+    met), else transformers. Asking for unsloth where it cannot run is a ConfigError that says why and what to do.
+    Nothing is imported here: Unsloth patches transformers globally once imported (`unsloth_backend.activate`)."""
     import importlib.util
     has_cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if cfg.backend == "auto":  # several processes (accelerate launch): transformers, which DDP/FSDP/DeepSpeed wrap
-        return "unsloth" if (has_cuda and has_unsloth and runs.process_count() == 1) else "transformers"
+        usable = has_cuda and has_unsloth and runs.process_count() == 1 and unsloth_conflict() is None
+        return "unsloth" if usable else "transformers"
     if cfg.backend == "unsloth":
         if not has_cuda:
             raise ConfigError("backend 'unsloth' needs a CUDA GPU: Unsloth's kernels run only on NVIDIA GPUs, and "
                               f"torch sees none (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}"
-                              "). On a machine with an NVIDIA GPU: pip install \".[gpu]\"; here: --backend "
+                              f"). On a machine with an NVIDIA GPU see {UNSLOTH_INSTALL}; here: --backend "
                               "transformers (or auto).")
         if not has_unsloth:
-            raise ConfigError("backend 'unsloth' is not installed. Install the GPU extra: pip install \".[gpu]\" "
-                              "(needs an NVIDIA GPU with CUDA), or use --backend transformers (or auto).")
+            raise ConfigError(f"backend 'unsloth' is not installed (it is not in this project's install: see "
+                              f"{UNSLOTH_INSTALL}); use --backend transformers (or auto).")
+        conflict = unsloth_conflict()
+        if conflict:
+            raise ConfigError(f"backend 'unsloth' cannot run here: {conflict} (this project pins "
+                              f"transformers and trl; see {UNSLOTH_INSTALL}). Use --backend transformers.")
     return cfg.backend
 
 
@@ -231,21 +297,24 @@ def _quantization_config(cfg: ModelConfig):
                           "Install it (pip install bitsandbytes) or use --model.quantization none.") from None
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    # The compute dtype is the model's dtype: fp16 on a GPU without native bf16, where a bf16 compute dtype would
+    # be emulated and would clash with the fp16 trainer.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if bf16_fast() else torch.float32)
+                              bnb_4bit_compute_dtype=weight_dtype(cfg, training=True))
 
 
 def load_tokenizer(where: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
     fmt = chat_format_for(cfg, tokenizer)
-    eot = tokenizer.convert_tokens_to_ids(fmt.end_of_turn)
-    # A pad token equal to the end-of-turn/EOS token is the classic "model never stops" bug when padding is
+    ends = {tokenizer.convert_tokens_to_ids(fmt.end_of_turn), tokenizer.convert_tokens_to_ids(fmt.end_of_text),
+            tokenizer.eos_token_id}
+    # A pad token equal to an end-of-turn/EOS token is the classic "model never stops" bug when padding is
     # masked out of the labels: use a distinct pad token whenever the vocabulary has one.
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in (eot, tokenizer.eos_token_id):
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in ends:
         vocab = tokenizer.get_vocab()
         for candidate in ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>", "<|endoftext|>"):
-            if candidate in vocab and vocab[candidate] not in (eot, tokenizer.eos_token_id):
+            if candidate in vocab and vocab[candidate] not in ends:
                 tokenizer.pad_token = candidate
                 break
     return tokenizer, fmt
@@ -266,6 +335,10 @@ def _load_error(cfg: ModelConfig, kind: str, where: str, e: Exception) -> Config
     if "trust_remote_code" in str(e):
         return ConfigError(f"model '{cfg.name}' ships its own Python code, which runs only when you ask for it: "
                            "add --model.trust_remote_code true if you trust its source")
+    if kind == "hub" and any(word in str(e) for word in ("gated", "401", "403", "restricted")):
+        return ConfigError(f"model '{cfg.name}' ({where}) is gated on the Hugging Face hub: accept its licence on "
+                           f"https://huggingface.co/{where}, then set HF_TOKEN (or run `hf auth login`); or pass a "
+                           f"local copy with --model /path/to/folder ({e.__class__.__name__}: {first})")
     if kind == "hub":
         return ConfigError(f"could not load model '{cfg.name}' from the Hugging Face hub ({e.__class__.__name__}: "
                            f"{first}). Registry names: {', '.join(REGISTRY)}; or pass a local folder or .gguf file.")
@@ -291,9 +364,21 @@ def fingerprint(model) -> dict:
             "embedding_sample": [round(float(x), 6) for x in sample]}
 
 
+# Architectures that hold the same weights in another projection layout. Unsloth loads Phi-3 from its own copy
+# converted to Mistral's layout (q/k/v and gate/up split); the transformers backend loads Microsoft's (fused).
+# The sizes and embedding values below still tell different weights apart.
+LAYOUT_TWINS = {"phi3": "mistral", "llama": "mistral"}
+
+
 def same_base(saved: dict, current: dict) -> str | None:
-    """None when two fingerprints match (bf16 vs fp32 loading allowed), else what differs."""
-    for key in ("model_type", "vocab_size", "hidden_size", "layers"):
+    """None when two fingerprints match (bf16 vs fp32 loading allowed, fused vs split projections allowed),
+    else what differs."""
+    def family(fp: dict):
+        return LAYOUT_TWINS.get(fp.get("model_type"), fp.get("model_type"))
+
+    if family(saved) != family(current):
+        return f"model_type {saved.get('model_type')} vs {current.get('model_type')}"
+    for key in ("vocab_size", "hidden_size", "layers"):
         if saved.get(key) != current.get(key):
             return f"{key} {saved.get(key)} vs {current.get(key)}"
     a, b = torch.tensor(saved["embedding_sample"]), torch.tensor(current["embedding_sample"])
@@ -307,11 +392,13 @@ def load(cfg: ModelConfig, training: bool = True):
     from transformers import AutoModelForCausalLM
 
     backend = resolve_backend(cfg)
+    if backend == "unsloth":
+        from . import unsloth_backend
+        unsloth_backend.activate()  # before any transformers model exists: Unsloth patches the classes
     kind, where = materialize(cfg.name)
     dtype = weight_dtype(cfg, training)
     if backend == "unsloth":
-        from .unsloth_backend import load_unsloth
-        return load_unsloth(cfg, where, dtype)
+        return unsloth_backend.load_unsloth(cfg, kind, where, dtype)
     quantization = _quantization_config(cfg)
     try:
         tokenizer, fmt = load_tokenizer(where, cfg)
@@ -328,3 +415,192 @@ def load(cfg: ModelConfig, training: bool = True):
     _contiguous_output_layer(model)
     log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}")
     return model, tokenizer, fmt
+
+
+# ---------------------------------------------------------------- LoRA targets across projection layouts
+
+# Fused projections and the separate ones they hold, in the order their rows are stacked. Phi-3 fuses them;
+# Llama, Mistral, Gemma, Qwen and Unsloth's copy of Phi-3 keep them separate.
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+SPLIT_OF = {part: fused for fused, parts in FUSED.items() for part in parts}
+
+
+def linear_names(model) -> dict[str, int]:
+    """Leaf name -> how many linear layers carry it (4-bit and 8-bit layers included, a LoRA-wrapped layer counted
+    once under its own name), the output layer left out."""
+    head = model.get_output_embeddings()
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, torch.nn.Linear) or module is head or any(p.startswith("lora_") for p in parts):
+            continue
+        leaf = parts[-2] if parts[-1] == "base_layer" else parts[-1]
+        counts[leaf] = counts.get(leaf, 0) + 1
+    return counts
+
+
+def resolve_target_modules(model, targets) -> list[str] | str:
+    """The LoRA target names as the loaded model spells them. A fused name (qkv_proj) becomes its parts on a model
+    that keeps them apart, and all the parts become the fused name on one that fuses them: PEFT only fails when no
+    name matches at all, so a name of the other layout would silently drop those layers from the adapter."""
+    if targets in ("all-linear", ["all-linear"]):
+        return "all-linear"
+    present = linear_names(model)
+    resolved: list[str] = []
+    for name in targets:
+        if name in present:
+            resolved.append(name)
+        elif name in FUSED and all(part in present for part in FUSED[name]):
+            resolved.extend(FUSED[name])
+        elif name in SPLIT_OF and SPLIT_OF[name] in present:
+            fused = SPLIT_OF[name]
+            if not set(FUSED[fused]) <= set(targets):
+                raise ConfigError(f"LoRA target {name} is part of {fused} in this model, which holds "
+                                  f"{', '.join(FUSED[fused])} in one layer: target all of them, or {fused}")
+            resolved.append(fused)
+        else:
+            raise ConfigError(f"LoRA target {name} matches no linear layer of this model; its linear layers are "
+                              f"{', '.join(sorted(present))} (or use all-linear)")
+    return sorted(set(resolved), key=resolved.index)
+
+
+def lora_counts(model) -> dict[str, int]:
+    """Leaf name -> how many layers of that name carry a LoRA adapter."""
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and len(getattr(module, "lora_A", {})):
+            leaf = name.rsplit(".", 1)[-1]
+            counts[leaf] = counts.get(leaf, 0) + 1
+    return counts
+
+
+def check_lora_coverage(model, targets) -> dict[str, int]:
+    """Refuse an adapter that misses some of its targets: every layer with a target's name carries LoRA."""
+    have, present = lora_counts(model), linear_names(model)
+    want = present if targets == "all-linear" else {t: present.get(t, 0) for t in targets}
+    missing = {t: f"{have.get(t, 0)}/{n}" for t, n in want.items() if have.get(t, 0) != n or n == 0}
+    if missing:
+        raise ConfigError("LoRA did not land on every intended layer (adapted/present: "
+                          + ", ".join(f"{t} {c}" for t, c in missing.items()) + ")")
+    return have
+
+
+# ---------------------------------------------------------------- adapters across projection layouts
+
+def _adapter_leaves(state: dict) -> set[str]:
+    return {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in state if ".lora_" in key}
+
+
+def layout_changes(model, state: dict) -> dict[str, str]:
+    """{'split->fused' or 'fused->split': fused name} for each projection the adapter holds in the other layout
+    than the loaded model."""
+    present, held = linear_names(model), _adapter_leaves(state)
+    changes = {}
+    for fused, parts in FUSED.items():
+        if fused in present and set(parts) <= held and fused not in held:
+            changes[fused] = "split->fused"
+        elif set(parts) <= set(present) and fused in held and fused not in present:
+            changes[fused] = "fused->split"
+    return changes
+
+
+def _scaling(cfg: dict, r: int, alpha: float) -> float:
+    return alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+
+
+def _rank_alpha(cfg: dict, leaf: str) -> tuple[int, float]:
+    r = (cfg.get("rank_pattern") or {}).get(leaf, cfg["r"])
+    return r, (cfg.get("alpha_pattern") or {}).get(leaf, cfg["lora_alpha"])
+
+
+def _fuse(state: dict, cfg: dict, fused: str, parts: tuple) -> tuple[dict, int]:
+    """Separate LoRA pairs (A_i, B_i, scaling s_i) -> one pair on the fused layer with the same update:
+    A = [A_1; A_2; ...] and B = blockdiag(s_1 B_1, s_2 B_2, ...), rank = sum of ranks, scaling 1. Exact."""
+    out, rank = {}, 0
+    for key in [k for k in state if k.endswith(f".{parts[0]}.lora_A.weight")]:
+        prefix = key[: -len(f"{parts[0]}.lora_A.weight")]
+        a = [state.pop(f"{prefix}{p}.lora_A.weight") for p in parts]
+        b = [state.pop(f"{prefix}{p}.lora_B.weight") * _scaling(cfg, *_rank_alpha(cfg, p)) for p in parts]
+        out[f"{prefix}{fused}.lora_A.weight"] = torch.cat(a, dim=0)
+        out[f"{prefix}{fused}.lora_B.weight"] = torch.block_diag(*b)
+        rank = out[f"{prefix}{fused}.lora_A.weight"].shape[0]
+    return out, rank
+
+
+def _split(state: dict, model, fused: str, parts: tuple) -> dict:
+    """One LoRA pair on a fused layer -> one per part: the same A, and B's rows of that part. Exact."""
+    sizes = [next(m.out_features for n, m in model.named_modules() if n.endswith(f".{p}")) for p in parts]
+    out = {}
+    for key in [k for k in state if k.endswith(f".{fused}.lora_A.weight")]:
+        prefix = key[: -len(f"{fused}.lora_A.weight")]
+        a, b = state.pop(key), state.pop(f"{prefix}{fused}.lora_B.weight")
+        for part, rows in zip(parts, torch.split(b, sizes, dim=0)):
+            out[f"{prefix}{part}.lora_A.weight"], out[f"{prefix}{part}.lora_B.weight"] = a.clone(), rows.clone()
+    return out
+
+
+def convert_adapter(model, adapter_dir: Path, out_dir: Path) -> dict[str, str]:
+    """Write to out_dir the adapter of adapter_dir in the loaded model's projection layout (see layout_changes);
+    returns the changes made."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    changes = layout_changes(model, state)
+    if any(".lora_magnitude_vector" in k for k in state):
+        raise ConfigError(f"the adapter in {adapter_dir} is a DoRA adapter on {', '.join(changes)}, whose layout "
+                          "differs from the loaded model's; only plain LoRA can be converted")
+    targets = set(cfg["target_modules"]) if isinstance(cfg["target_modules"], list) else None
+    ranks, alphas = dict(cfg.get("rank_pattern") or {}), dict(cfg.get("alpha_pattern") or {})
+    for fused, change in changes.items():
+        parts = FUSED[fused]
+        if change == "split->fused":
+            converted, rank = _fuse(state, cfg, fused, parts)
+            ranks[fused], alphas[fused] = rank, (rank ** 0.5 if cfg.get("use_rslora") else rank)  # scaling 1
+            if targets is not None:
+                targets = (targets - set(parts)) | {fused}
+        else:
+            r, alpha = _rank_alpha(cfg, fused)
+            converted = _split(state, model, fused, parts)
+            for part in parts:
+                ranks[part], alphas[part] = r, alpha
+            if targets is not None:
+                targets = (targets - {fused}) | set(parts)
+        state.update(converted)
+    if targets is not None:
+        cfg["target_modules"] = sorted(targets)
+    cfg["rank_pattern"], cfg["alpha_pattern"] = ranks, alphas
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    return changes
+
+
+def attach_adapter(model, adapter_dir: str | Path):
+    """PeftModel: the adapter in adapter_dir on `model`, converted first when it was trained on the other
+    projection layout (an Unsloth run on Phi-3 -> the transformers backend's Phi-3, and back)."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        changes = layout_changes(model, dict.fromkeys(f.keys()))
+    if not changes:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_adapter(model, adapter_dir, Path(tmp))
+        log("adapter converted to this model's projection layout: "
+            + ", ".join(f"{fused} {change}" for fused, change in changes.items()))
+        return PeftModel.from_pretrained(model, tmp)
+
+
+def context_length(where: str, cfg: ModelConfig) -> int:
+    """The model's own context window (max_position_embeddings of its config), at least cfg.max_length."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return cfg.max_length
+    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    return max(cfg.max_length, int(getattr(conf, "max_position_embeddings", 0) or 0))

@@ -259,12 +259,17 @@ def tracking_callbacks(cfg: RunConfig, run_dir: Path) -> list:
 
 
 def use_bf16(cfg: RunConfig) -> bool:
-    return models.bf16_fast() if cfg.train.bf16 == "auto" else cfg.train.bf16 == "true"
+    return models.mixed_precision(cfg.train.bf16)[0]
 
 
 def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
+    unsloth = models.resolve_backend(cfg.model) == "unsloth"
+    if unsloth:  # imported before TRL and the model: it patches their classes (and only for this backend)
+        from .unsloth_backend import activate
+        activate()
     from trl import SFTConfig
     t = cfg.train
+    bf16, fp16 = models.mixed_precision(t.bf16)  # fp16 on a GPU without native bf16 (T4, V100)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs, max_steps=t.max_steps if t.max_steps > 0 else -1,
@@ -272,9 +277,9 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the total steps
         weight_decay=t.weight_decay, optim=t.optim, max_grad_norm=t.max_grad_norm,
-        seed=t.seed, data_seed=t.seed, bf16=use_bf16(cfg), use_cpu=not torch.cuda.is_available(),
+        seed=t.seed, data_seed=t.seed, bf16=bf16, fp16=fp16, use_cpu=not torch.cuda.is_available(),
         # with Unsloth, its own checkpointing is switched on in unsloth_backend.add_lora instead
-        activation_checkpointing=t.gradient_checkpointing and models.resolve_backend(cfg.model) != "unsloth",
+        activation_checkpointing=t.gradient_checkpointing and not unsloth,
         # Several processes (accelerate launch): train.batch_size is the global batch, and each process takes
         # its slice of every batch, so the data order and the loss do not depend on the number of processes.
         accelerator_config={"split_batches": True} if runs.process_count() > 1 else None,
@@ -284,6 +289,9 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if (has_eval and t.eval_steps > 0) else "no", eval_steps=t.eval_steps or None,
         completion_only_loss=True, max_length=cfg.model.max_length, report_to=report_to(cfg),
+        # Said explicitly because Unsloth's patched SFTConfig switches padding-free batching on, which the
+        # answer-only loss (padded batches with a completion mask) does not expect.
+        padding_free=False, packing=False,
         dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty(),
     )
 

@@ -123,15 +123,16 @@ class PriceTask(Task):
         return kept
 
     def prompt_completion(self, row: Row, fmt: ChatFormat) -> tuple[str, str]:
-        # No chat template: the course trains the base model on plain text. The end-of-turn marker after the
-        # price lets generation stop at once instead of running on.
-        return self.inference_prompt(row, fmt), completion_text(row["price"]) + fmt.end_of_turn
+        # No chat template: the course trains the base model on plain text. The base model's own end-of-text token
+        # after the price lets generation stop at once instead of running on (a chat end-of-turn token may be one
+        # the base never trained: Llama 3.1 base's <|eot_id|>).
+        return self.inference_prompt(row, fmt), completion_text(row["price"]) + fmt.end_of_text
 
     def inference_prompt(self, row: Row, fmt: ChatFormat) -> str:
         return fmt.bos + prompt_text(row["title"], row["description"])
 
     def answer_budget(self, row: Row, tokenizer) -> int:
-        return 8  # "999.00" is at most 6 digit/point tokens, plus end-of-turn
+        return 8  # "999.00" is at most 6 digit/point tokens, plus the end-of-text token
 
     def data_checks(self, rows: list[Row]) -> dict:
         prices = sorted(r["price"] for r in rows)
