@@ -100,6 +100,9 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
         if run_dir is None:
             raise ConfigError(f"--resume: no latest {task.name} run under {root}; pass --output-dir DIR of an "
                               "earlier run")
+        if not (run_dir / "run.json").exists():
+            raise ConfigError(f"--resume: no run to resume in {run_dir} (no run.json); drop --resume to start a "
+                              "new run there")
         run = runs.Run.load(run_dir).require(task.name, finished=False)
         cfg = apply(run.config(), cli)  # the run's own config, then what you changed now
         return cfg, run_dir, run.record.profile_reason or "resumed"
