@@ -225,7 +225,7 @@ def _json_value(path: Path, text: str, start: int, first_line: int, line: int, d
         raise DataError(path, line, "", "not readable JSON: nested too deeply (over ~1,000 levels of [ or {)") \
             from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise DataError(path, line, "", f"not readable JSON ({str(e).splitlines()[0][:120]})") from None
+        raise DataError(path, line, "", f"not readable JSON ({str(e).split(';')[0][:160]})") from None
 
 
 def _object(path: Path, line: int, obj: Any) -> dict:
@@ -283,7 +283,8 @@ def _delimiter(path: Path, header: str) -> str:
 def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
     # No cell can be longer than the file, so this limit never cuts a real cell (the default is 128 KiB).
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, text.split("\n", 1)[0]))
+    # strict: a quote that is never closed is an error, not a cell that swallows the rest of the file
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, text.split("\n", 1)[0]), strict=True)
     rows, header, end = [], None, 0
     try:
         for cells in reader:
@@ -293,18 +294,17 @@ def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
             if header is None:
                 header = [c.strip() for c in cells]
                 continue
-            rows.append((start, _cells_to_row(path, header, cells, start, end)))
+            rows.append((start, _cells_to_row(path, header, cells, start)))
     except csv.Error as e:
-        raise DataError(path, reader.line_num, "", f"not valid CSV ({e})") from None
+        hint = ": a quoted cell that starts on this line is never closed (a missing \")" \
+            if "end of data" in str(e) else ""
+        raise DataError(path, end + 1, "", f"not valid CSV ({e}){hint}") from None
     return rows
 
 
-def _cells_to_row(path: Path, header: list[str], cells: list[str], start: int, end: int) -> dict:
+def _cells_to_row(path: Path, header: list[str], cells: list[str], start: int) -> dict:
     if len(cells) > len(header):
         raise DataError(path, start, "", f"{len(cells) - len(header)} more cell(s) than the header has columns")
-    if len(cells) < len(header) and end > start:
-        raise DataError(path, start, "", f"a quoted cell that starts on this line runs on to line {end}: "
-                                         "is a closing quote (\") missing?")
     return {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)}
 
 
