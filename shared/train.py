@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,10 @@ from .config import ConfigError, RunConfig, save_yaml
 from .log import log
 from .loss import completion_loss
 from .task import Task
+
+# PEFT and TRL read the model's `is_gradient_checkpointing`, which transformers 5 renamed and now warns about on
+# every run: a warning about library internals the user cannot act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
@@ -438,6 +443,8 @@ def open_run(task: Task, cfg: RunConfig, prep: Preflight, profile_reason: str, m
 
 
 def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_ds, valid_ds, callbacks):
+    from transformers.trainer_callback import PrinterCallback
+
     peft_config = lora_config(cfg)
     if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
         from .unsloth_backend import add_lora
@@ -445,6 +452,7 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
                                processing_class=tokenizer, peft_config=peft_config,
                                callbacks=[_progress_callback(run), *tracking_callbacks(cfg, run.path), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Progress line says the same, readably
     trainable, total = trainer.model.get_nb_trainable_parameters()
     run.record.parameters = {"trainable": trainable, "total": total}
     log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={args.bf16} fp16={args.fp16}; "
