@@ -10,9 +10,10 @@ import difflib
 import functools
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -43,7 +44,8 @@ def _f(default: Any, help: str, choices: tuple | None = None, *, min: float | No
 
 @functools.lru_cache(maxsize=1)
 def _optimizer_names() -> tuple[str, ...]:
-    from transformers.training_args import OptimizerNames  # imported here: it pulls in torch
+    # imported here, on first use: it pulls in torch
+    from transformers.training_args import OptimizerNames
 
     return tuple(o.value for o in OptimizerNames)
 
@@ -204,7 +206,7 @@ def _scalar(ftype: type, value: Any) -> Any:
             raise ValueError
         return float(value)
     if isinstance(value, (dict, list)):
-        raise ValueError
+        raise TypeError
     if isinstance(value, bool):  # YAML reads `bf16: true` as a bool; the choices are the words
         return str(value).lower()
     return "" if value is None else str(value)
@@ -400,7 +402,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _check_weights(data: "DataSettings") -> None:
+def _check_weights(data: DataSettings) -> None:
     from .data import split_sources  # the data layer decides how a file list is written
 
     if not data.weights:

@@ -19,9 +19,10 @@ import math
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ConfigError
 from .log import log
@@ -213,11 +214,14 @@ def decode_file(path: Path) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- text -> raw rows
 
-def _json_value(path: Path, text: str, start: int, first_line: int, line: int, decoder=json.JSONDecoder()):
+_DECODER = json.JSONDecoder()
+
+
+def _json_value(path: Path, text: str, start: int, first_line: int, line: int):
     """(value, end) of the JSON value at text[start:], or a DataError naming the line. first_line: the file's
     line number of text's first line; line: the line the value starts on."""
     try:
-        return decoder.raw_decode(text, start)
+        return _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as e:
         raise DataError(path, first_line + e.lineno - 1, "", f"not valid JSON ({e.msg} at column {e.colno})") \
             from None
@@ -240,18 +244,24 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         obj, end = _json_value(path, line, len(line) - len(line.lstrip()), line_no, line_no)
-        if line[end:].strip():
+        rest = line[end:]
+        if rest.strip():
             hint = "; a .json file holds one JSON array or one object per line" if path.suffix.lower() == ".json" \
                 else ""
-            raise DataError(path, line_no, "", f"not valid JSON (extra data at column {end + 1}){hint}")
+            column = end + len(rest) - len(rest.lstrip()) + 1
+            raise DataError(path, line_no, "", f"not valid JSON (extra data at column {column}){hint}")
         rows.append((line_no, _object(path, line_no, obj)))
     return rows
 
 
 def _read_json_array(path: Path, text: str) -> list[tuple[int, dict]]:
     """A JSON array of objects, each reported with the line it starts on."""
-    line_at = lambda i: text.count("\n", 0, i) + 1  # noqa: E731
-    skip = lambda i: len(text) - len(text[i:].lstrip()) if i < len(text) else i  # noqa: E731
+    def line_at(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    def skip(i: int) -> int:  # to the next character that is not white space
+        return len(text) - len(text[i:].lstrip()) if i < len(text) else i
+
     i, rows = skip(text.index("[") + 1), []
     while i < len(text) and text[i] != "]":
         obj, end = _json_value(path, text, i, 1, line_at(i))
@@ -259,10 +269,10 @@ def _read_json_array(path: Path, text: str) -> list[tuple[int, dict]]:
         i = skip(end)
         if i < len(text) and text[i] == ",":
             i = skip(i + 1)
-        elif i >= len(text) or text[i] != "]":
-            raise DataError(path, line_at(min(i, len(text))), "", "not valid JSON (expected ',' or ']' in the array)")
+        elif i < len(text) and text[i] != "]":
+            raise DataError(path, line_at(i), "", "not valid JSON (expected ',' or ']' in the array)")
     if i >= len(text):
-        raise DataError(path, line_at(len(text)), "", "not valid JSON (the array is not closed with ']')")
+        raise DataError(path, line_at(len(text.rstrip())), "", "not valid JSON (the array is not closed with ']')")
     if text[i + 1:].strip():
         raise DataError(path, line_at(skip(i + 1)), "", "not valid JSON (text after the closing ']' of the array)")
     return rows

@@ -128,8 +128,8 @@ def test_a_chat_row_that_does_not_fit_names_file_line_and_field(tmp_path, row, f
 
 
 @pytest.mark.parametrize("second, field, problem", [
-    ({"en": "Bye.", "ko": "안녕히."}, "messages", "is missing; this file is in openai messages format (detected "
-                                                 "from line 1), and every row must be"),
+    ({"en": "Bye.", "ko": "안녕히."}, "messages",
+     "is missing; this file is in openai messages format (detected from line 1), and every row must be"),
     (sharegpt_row("Bye.", "안녕히."), "messages", "is missing"),
 ])
 def test_every_row_of_a_file_has_the_format_of_its_first(tmp_path, second, field, problem):

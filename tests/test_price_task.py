@@ -60,7 +60,7 @@ def test_mask_is_exactly_the_price_on_the_tiny_model(tiny_model_cfg):
     _, tokenizer, fmt = load(tiny_model_cfg)
     ds = build_dataset([ROW], TASK, tokenizer, fmt, 256, DataReport())
     ids, mask = ds[0]["input_ids"], ds[0]["completion_mask"]
-    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "24.00<|im_end|>"
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "24.00" + fmt.end_of_text
     assert tokenizer.decode([t for t, m in zip(ids, mask) if not m]).endswith("Price is $")
 
 
@@ -109,3 +109,40 @@ def test_median_price_weighs_the_candidates():
     assert median_price(cands) == 30.0
     assert median_price([("abc", 0.0), ("15.00", -5.0)]) == 15.0  # unparsed answers carry no vote
     assert median_price([("", 0.0)]) is None and median_price([]) is None
+
+
+# ---------------------------------------------------------------- prices written as text in data files
+
+@pytest.mark.parametrize("text, price", [
+    ("24", 24.0), ("24.99", 24.99), ("$1,299.99", 1299.99), ("1,299", 1299.0), ("9,99", 9.99), ("€9,99", 9.99),
+    ("9,99 €", 9.99), ("1299,00", 1299.0), ("USD 12", 12.0), ("US$ 7.50", 7.5), ("-3", -3.0),
+])
+def test_price_from_text(text, price):
+    from apps.price_predictor.curation import price_from_text
+
+    assert price_from_text(text) == price
+
+
+@pytest.mark.parametrize("text", ["1.299,99", "12,5", "1,2345", "9,999,99", "1,29,9"])
+def test_price_from_text_refuses_an_ambiguous_comma(text):
+    from apps.price_predictor.curation import AmbiguousPrice, price_from_text
+
+    with pytest.raises(AmbiguousPrice, match="is ambiguous"):
+        price_from_text(text)
+
+
+def test_a_european_decimal_is_not_read_as_hundreds(tmp_path):
+    """"9,99" used to become 999.00: a 100x wrong label the range check could not catch."""
+    path = tmp_path / "items.csv"
+    path.write_text('title,description,price\nLamp,Bright.,"9,99"\nKettle,Steel.,"$1,299.00"\nMug,Big.,"4,50"\n')
+    report = DataReport()
+    kept = TASK.read(str(path), report)
+    assert [(r["title"], r["price"]) for r in kept] == [("Lamp", 9.99), ("Mug", 4.5)]
+    assert report.dropped == {"price out of range [0.5, 999.49]": 1}
+
+
+def test_curation_reads_prices_by_the_same_rule():
+    from apps.price_predictor.curation import REASON_AMBIGUOUS, parse_price
+
+    assert parse_price("9,99") == (9.99, None) and parse_price("$1,299.99") == (1299.99, None)
+    assert parse_price("1.299,99") == (None, REASON_AMBIGUOUS)

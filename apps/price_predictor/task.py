@@ -8,9 +8,9 @@ from pathlib import Path
 
 from shared.chat import ChatFormat
 from shared.data import DataReport, Field, Row, read_rows
+from shared.task import Task
 
 from .curation import price_from_text, read_amazon_meta
-from shared.task import Task
 
 QUESTION = "How much does this cost to the nearest dollar?"
 ANSWER_PREFIX = "Price is $"
