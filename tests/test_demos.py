@@ -92,7 +92,7 @@ def runs_root(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture()
 def in_runs(runs_root, monkeypatch):
-    monkeypatch.setenv(demo.RUNS_ENV, str(runs_root))
+    monkeypatch.setenv(runs.RUNS_ENV, str(runs_root))
     return runs_root
 
 
@@ -171,7 +171,7 @@ def test_broken_run_is_one_line_on_the_page(in_runs, tmp_path, monkeypatch):
     run = runs.Run.load(root / "translator" / "tiny-translator")
     run.record.config["model"]["name"] = str(tmp_path / "gone")
     run.save()
-    monkeypatch.setenv(demo.RUNS_ENV, str(root))
+    monkeypatch.setenv(runs.RUNS_ENV, str(root))
     at = _app(TRANSLATOR_PAGE).run()
     assert not at.exception
     assert "neither a model folder nor a .gguf file" in at.error[0].value
@@ -179,7 +179,7 @@ def test_broken_run_is_one_line_on_the_page(in_runs, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("page, product", [(TRANSLATOR_PAGE, "translator"), (PRICE_PAGE, "price_predictor")])
 def test_no_run_page_gives_the_command(page, product, tmp_path, monkeypatch):
-    monkeypatch.setenv(demo.RUNS_ENV, str(tmp_path))
+    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path))
     at = _app(page).run()
     assert not at.exception
     assert f"No finished {product.replace('_', ' ')} run" in at.warning[0].value
@@ -314,7 +314,7 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
 
     from .browser import chromium, new_page, streamlit_server
 
-    monkeypatch.setenv(demo.RUNS_ENV, str(gemma_runs))
+    monkeypatch.setenv(runs.RUNS_ENV, str(gemma_runs))
     run_dir = gemma_runs / product / "gemma-2-steps"
     shots = ROOT / "tests" / "output"
     shots.mkdir(exist_ok=True)
