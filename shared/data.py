@@ -547,7 +547,7 @@ def _missing(source: str, line: int, raw: dict, f: Field, names: str) -> DataErr
 
 def _values(source: str, line: int, raw: dict, fields: list[Field], report: DataReport | None) -> dict | None:
     """The row's clean values, or None when a drop_bad field drops it (counted); DataError for a bad row."""
-    names = ", ".join(f.name for f in fields)
+    names = ", ".join(f.name if f.required else f"{f.name} (optional)" for f in fields)
     values = {}
     for f in fields:
         found, value = _lookup(raw, f)
