@@ -166,6 +166,8 @@ def resolve_backend(cfg: ModelConfig) -> str:
     met), else transformers. Asking for unsloth where it cannot run is a ConfigError that says why and what to do.
     Nothing is imported here: Unsloth patches transformers globally once imported (`unsloth_backend.activate`)."""
     import importlib.util
+    if cfg.backend == "transformers":
+        return "transformers"
     has_cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if cfg.backend == "auto":  # several processes (accelerate launch): transformers, which DDP/FSDP/DeepSpeed wrap
@@ -313,7 +315,8 @@ def load_tokenizer(where: str, cfg: ModelConfig):
     # masked out of the labels: use a distinct pad token whenever the vocabulary has one.
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id in ends:
         vocab = tokenizer.get_vocab()
-        for candidate in ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>", "<|endoftext|>"):
+        for candidate in ("<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>", "<|endoftext|>",
+                          "<|reserved_special_token_0|>"):  # Llama 3.0 names no pad token
             if candidate in vocab and vocab[candidate] not in ends:
                 tokenizer.pad_token = candidate
                 break

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.machinery
 import inspect
 import json
 import os
@@ -121,6 +122,9 @@ def write_tokenizer(key: str, folder: Path) -> None:
         tokenizer_json = phi3_tokenizer_json()
     else:
         tokenizer_json = json.loads((npm_package(FACTS[key]["npm"]) / "models" / "tokenizer.json").read_text())
+        renamed = FACTS[key].get("renamed_special_tokens", {})
+        for token in tokenizer_json["added_tokens"]:
+            token["content"] = renamed.get(str(token["id"]), token["content"])
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(FACTS[key]["tokenizer_config"]), encoding="utf-8")
 
@@ -244,6 +248,7 @@ class FakeUnsloth:
 @pytest.fixture()
 def fake_unsloth(monkeypatch, gpu_models):
     module = types.ModuleType("unsloth")
+    module.__spec__ = importlib.machinery.ModuleSpec("unsloth", None)
     module.FastLanguageModel = FakeUnsloth
     FakeUnsloth.calls = []
     FakeUnsloth.copies = {str(gpu_models["phi3-mini"]): str(gpu_models["phi3-mini-unsloth"])}
@@ -321,7 +326,8 @@ def test_the_real_vocabularies(gpu_models):
     assert phi3.convert_tokens_to_ids(["\u2581The", ".", "\u2581"]) == [450, 29889, 29871]  # Llama 2's ids
     llama = AutoTokenizer.from_pretrained(gpu_models["llama3.1-8b"])
     assert len(llama) == 128256 and llama.eos_token == "<|end_of_text|>"
-    assert llama.convert_tokens_to_ids(["<|eot_id|>", "<|end_of_text|>"]) == [128009, 128001]
+    assert llama.convert_tokens_to_ids(["<|eot_id|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"]) == [
+        128009, 128001, 128004]
     assert llama.tokenize("Price is $24.00") == ["Price", "\u0120is", "\u0120$", "24", ".", "00"]
 
 
@@ -368,3 +374,188 @@ def test_translator_on_phi3_transformers_backend(gpu_models, tmp_path, capsys):
     capsys.readouterr()
     translate(["--run", str(run_dir), "Where is the station?"])
     assert capsys.readouterr().out.endswith("\n")
+
+
+@pytest.fixture()
+def unsloth_backend(monkeypatch, fake_unsloth):
+    """This CPU machine as a CUDA machine with Unsloth, for the runs that ask for backend unsloth."""
+    real = models.resolve_backend
+    monkeypatch.setattr(models, "resolve_backend", lambda cfg: "unsloth" if cfg.backend == "unsloth" else real(cfg))
+    return fake_unsloth
+
+
+@pytest.mark.xfail(not adapter_is_hooked(), strict=True,
+                   reason="needs shared/generate.py:load_run to load adapters with models.attach_adapter")
+def test_translator_on_phi3_as_unsloth_loads_it(gpu_models, unsloth_backend, tmp_path):
+    """Unsloth swaps Phi-3 for its Mistral-layout copy: the gpu config's fused target names must still put LoRA on
+    every projection, and the adapter must still load on Microsoft's Phi-3 for export (transformers backend)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from apps.translator.evaluate import evaluate
+    from apps.translator.task import TASK
+    from shared import export, runs
+    from shared.train import train
+
+    cfg = gpu_run_config("translator", gpu_models["phi3-mini"], tmp_path, **{"model.backend": "unsloth"})
+    run_dir = train(TASK, cfg, tmp_path / "run", "rehearsal")
+    load = next(c for c in unsloth_backend.calls if c[0] == "from_pretrained")
+    assert load[2]["load_in_4bit"] and load[2]["max_seq_length"] == 4096  # the context, not max_length=512
+    assert lora_layers(run_dir) == {name: LAYERS for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj")}
+    assert runs.Run.load(run_dir).record.base_model["model_type"] == "mistral"
+    assert evaluate(str(run_dir), cfg.data.test, limit=2)["finetuned"]["n"] == 2
+    assert ("for_inference",) in unsloth_backend.calls
+
+    export.main(["--run", str(run_dir), "--merged", str(tmp_path / "merged"), "--dtype", "float32"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.model_type == "phi3"  # Microsoft's layout, fused again
+    copy = AutoModelForCausalLM.from_pretrained(gpu_models["phi3-mini-unsloth"], dtype=torch.float32)
+    trained = PeftModel.from_pretrained(copy, str(run_dir / "adapter")).eval()
+    ids = torch.tensor([[1, 32010, 450, 3186, 29889, 32007, 32001]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow  # ~50 s: 40 steps, so that the tiny model learns to emit the end token
+def test_price_predictor_on_llama31_base(gpu_models, tmp_path, capsys):
+    """Llama 3.1 8B base, 4-bit: the completion ends with <|end_of_text|>, a token the base trained (its chat
+    tokens' rows, <|eot_id|> among them, are untrained), and generation stops on it."""
+    from apps.price_predictor.evaluate import evaluate
+    from apps.price_predictor.predict import main as predict
+    from apps.price_predictor.task import TASK, item_row
+    from shared import export
+    from shared.generate import stop_ids
+    from shared.train import train
+
+    # enough steps at a high rate for the tiny model to learn the four prices and the end token after them
+    cfg = gpu_run_config("price_predictor", gpu_models["llama3.1-8b"], tmp_path,
+                         **{"train.max_steps": 40, "train.lr": 0.01, "lora.dropout": 0.0})
+    assert cfg.model.quantization == "4bit" and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    row = item_row(*PRODUCTS[0][:2])
+    row.values["price"] = 24.0
+    tokens, ids = masked_tokens(TASK, cfg, row)
+    assert tokens == ["24", ".", "00", "<|end_of_text|>"]
+    from transformers import AutoModelForCausalLM
+    weights = AutoModelForCausalLM.from_pretrained(gpu_models["llama3.1-8b"]).get_input_embeddings().weight
+    assert all(weights[i].abs().sum() > 0 for i in ids), "the completion holds a token the base never trained"
+
+    run_dir = train(TASK, cfg, tmp_path / "run", "rehearsal")
+    assert lora_layers(run_dir) == {name: LAYERS for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    metrics = evaluate(str(run_dir), cfg.data.test, limit=4)
+    assert metrics["finetuned"]["n"] == 4
+    export.main(["--run", str(run_dir), "--merged", str(tmp_path / "merged")])
+    merged_cfg = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
+    tokenizer, fmt = models.load_tokenizer(str(tmp_path / "merged"), ModelConfig(chat_template="llama3"))
+    assert 128001 in merged_cfg["eos_token_id"] and 128001 in stop_ids(tokenizer, fmt)
+    assert tokenizer.pad_token_id not in (128001, 128009)
+    # generation stops on it: plain generate() on the merged model, with nothing from this project
+    from transformers import AutoTokenizer
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    plain = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    prompt = plain(TASK.inference_prompt(row, fmt), add_special_tokens=False, return_tensors="pt")
+    new_ids = merged.generate(**prompt, max_new_tokens=8, do_sample=False)[0, prompt["input_ids"].shape[1]:]
+    tokens = plain.convert_ids_to_tokens(new_ids)
+    assert tokens[-1] == "<|end_of_text|>" and len(tokens) <= 4, tokens  # e.g. 24 . 00 <|end_of_text|>
+    capsys.readouterr()
+    predict(["--run", str(run_dir), "--title", "Steel Kettle, 1.7 L", "--description", "A premium kettle."])
+    out = capsys.readouterr().out
+    assert "$" in out or "could not read a price" in out
+
+
+def test_an_adapter_trained_on_fused_phi3_loads_on_unsloths_split_copy(gpu_models, tmp_path):
+    """The other direction: a transformers-backend run (fused qkv_proj) evaluated where Unsloth loads the split
+    copy. The converted adapter computes what the original does."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    fused = AutoModelForCausalLM.from_pretrained(gpu_models["phi3-mini"], dtype=torch.float32)
+    torch.manual_seed(3)
+    peft = get_peft_model(fused, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="CAUSAL_LM",
+                                            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    peft.save_pretrained(tmp_path / "adapter")
+    split = AutoModelForCausalLM.from_pretrained(gpu_models["phi3-mini-unsloth"], dtype=torch.float32)
+    moved = models.attach_adapter(split, tmp_path / "adapter").eval()
+    assert models.lora_counts(moved) == {n: LAYERS for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj")}
+    ids = torch.tensor([[1, 32010, 450, 3186, 29889, 32007, 32001]])
+    with torch.no_grad():
+        assert torch.allclose(moved(ids).logits, peft.eval()(ids).logits, atol=1e-4)
+        with moved.disable_adapter():  # and the adapter does change the model
+            assert (moved(ids).logits - peft(ids).logits).abs().max() > 1e-3
+    assert isinstance(moved, PeftModel)
+
+
+def test_target_names_are_resolved_against_the_loaded_layout(gpu_models):
+    from transformers import AutoModelForCausalLM
+
+    split = AutoModelForCausalLM.from_pretrained(gpu_models["phi3-mini-unsloth"])
+    fused = AutoModelForCausalLM.from_pretrained(gpu_models["phi3-mini"])
+    phi3_targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert models.resolve_target_modules(split, phi3_targets) == ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                   "gate_proj", "up_proj", "down_proj"]
+    assert models.resolve_target_modules(fused, phi3_targets) == phi3_targets
+    assert models.resolve_target_modules(fused, ["q_proj", "k_proj", "v_proj", "o_proj"]) == ["qkv_proj", "o_proj"]
+    with pytest.raises(ConfigError, match="part of qkv_proj"):
+        models.resolve_target_modules(fused, ["q_proj", "v_proj"])
+    with pytest.raises(ConfigError, match="matches no linear layer"):
+        models.resolve_target_modules(fused, ["c_attn"])
+
+
+def test_a_gated_model_under_unsloth_is_one_line(unsloth_backend):
+    cfg = ModelConfig(name="llama3.1-8b", backend="unsloth", quantization="4bit")
+    with pytest.raises(ConfigError) as e:
+        models.load(cfg)
+    msg = str(e.value)
+    assert "gated" in msg and "HF_TOKEN" in msg and "meta-llama/Llama-3.1-8B" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------- precision: bf16 card, fp16-only card, CPU
+
+CARDS = {"A100": ((8, 0), torch.bfloat16), "L4": ((8, 9), torch.bfloat16), "T4": ((7, 5), torch.float16),
+         "V100": ((7, 0), torch.float16)}
+
+
+@pytest.fixture()
+def gpu(monkeypatch):
+    """This machine as one with the given GPU: torch's capability queries answer for it. is_bf16_supported()
+    says True on every card, as torch does for T4/V100 (emulated bf16)."""
+    def set_up(name: str):
+        capability = CARDS[name][0]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"NVIDIA {name}")
+    return set_up
+
+
+@pytest.mark.parametrize("card", CARDS)
+def test_precision_follows_the_card(gpu, card, monkeypatch):
+    from shared import train as train_mod
+
+    gpu(card)
+    want = CARDS[card][1]
+    for product in ("translator", "price_predictor"):  # the gpu configs leave the choice to the machine
+        cfg = resolve(yaml_path=ROOT / "apps" / product / "configs" / "gpu.yaml")
+        assert (cfg.model.dtype, cfg.train.bf16) == ("auto", "auto")
+        assert models.weight_dtype(cfg.model, training=True) == want
+        assert models._quantization_config(cfg.model).bnb_4bit_compute_dtype == want
+        assert models.mixed_precision(cfg.train.bf16) == (want == torch.bfloat16, want == torch.float16)
+        seen = {}
+        monkeypatch.setattr("trl.SFTConfig", lambda **kw: seen.update(kw) or kw)  # no real CUDA to set up
+        train_mod.sft_config(cfg, Path("/nonexistent"), has_eval=False)
+        assert (seen["bf16"], seen["fp16"]) == (want == torch.bfloat16, want == torch.float16)
+        assert seen["padding_free"] is False
+    if want == torch.float16:
+        with pytest.raises(ConfigError) as e:
+            models.mixed_precision("true")
+        assert f"NVIDIA {card}" in str(e.value) and "--train.bf16 auto" in str(e.value)
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_precision_on_the_cpu(monkeypatch, fast_bf16):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert models.mixed_precision("auto") == (fast_bf16, False)
+    assert models.weight_dtype(ModelConfig(), training=True) == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert models.mixed_precision("false") == (False, False)
