@@ -282,19 +282,36 @@ def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     return _read_json_array(path, text) if text.lstrip().startswith("[") else _read_jsonl(path, text)
 
 
+_SEP_LINE = re.compile(r"sep=(.)")  # Excel's optional first line naming the delimiter
+
+
 def _delimiter(path: Path, header: str) -> str:
-    """Tab for .tsv/.tab/.txt; for .csv a comma, or a semicolon when the header has semicolons and no comma
-    (Excel in locales with a decimal comma)."""
+    """Tab for .tsv/.tab/.txt; for .csv the one a `sep=;` first line names, else a comma, or a semicolon when
+    the header has semicolons and no comma (Excel in locales with a decimal comma)."""
     if path.suffix.lower() != ".csv":
         return "\t"
+    if m := _SEP_LINE.fullmatch(header.strip()):
+        return m.group(1)
     return ";" if ";" in header and "," not in header else ","
+
+
+def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
+    seen = {}
+    for name in header:
+        if name and name.lower() in seen:
+            raise DataError(path, line, "", f"the header names the column '{name}' twice (also as "
+                                            f"'{seen[name.lower()]}'); rename or remove one")
+        seen[name.lower()] = name
+    return header
 
 
 def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
     # No cell can be longer than the file, so this limit never cuts a real cell (the default is 128 KiB).
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     # strict: a quote that is never closed is an error, not a cell that swallows the rest of the file
-    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, text.split("\n", 1)[0]), strict=True)
+    first = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, first), strict=True)
+    sep_line = path.suffix.lower() == ".csv" and _SEP_LINE.fullmatch(first.strip())
     rows, header, end = [], None, 0
     try:
         for cells in reader:
@@ -302,7 +319,9 @@ def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
             if not any(c.strip() for c in cells):
                 continue
             if header is None:
-                header = [c.strip() for c in cells]
+                if start == 1 and sep_line:
+                    continue  # Excel's "sep=," line: the delimiter is already chosen from it
+                header = _check_header(path, start, [c.strip() for c in cells])
                 continue
             rows.append((start, _cells_to_row(path, header, cells, start)))
     except csv.Error as e:
@@ -338,7 +357,8 @@ def _read_source(source: str) -> tuple[list[tuple[int, dict]], str]:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in (*JSON_SUFFIXES, ".csv", *TSV_SUFFIXES, ".txt"):
-            raise DataError(path, "", "", "unknown file type; use .jsonl, .json, .csv or .tsv")
+            excel = " (save an Excel sheet as \"CSV UTF-8\")" if suffix in (".xlsx", ".xls", ".ods") else ""
+            raise DataError(path, "", "", f"unknown file type; use .jsonl, .json, .csv or .tsv{excel}")
         text, encoding = decode_file(path)
         if suffix in JSON_SUFFIXES:
             return _read_json(path, text), encoding
@@ -346,8 +366,11 @@ def _read_source(source: str) -> tuple[list[tuple[int, dict]], str]:
             raise DataError(path, "", "", "unknown file type; use .jsonl, .json, .csv or .tsv (a .txt file is read "
                                           "as tab-separated text, as Excel saves it, when its first line has tabs)")
         return _read_delimited(path, text), encoding
-    if path.exists():
+    if path.is_dir():
         raise DataError(path, "", "", "is a folder, expected a .jsonl, .json, .csv or .tsv file")
+    if path.exists():
+        raise DataError(path, "", "", "is not a regular file (a device or a pipe?); expected a .jsonl, .json, "
+                                      ".csv or .tsv file")
     if source.startswith((".", "/", "~")) or path.suffix.lower() in (*JSON_SUFFIXES, ".csv", *TSV_SUFFIXES, ".txt"):
         raise DataError(source, "", "", "file not found")
     return _read_hub(source), "utf-8"

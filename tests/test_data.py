@@ -106,6 +106,7 @@ def _read(path, report=None):
     ("cr.csv", PAIRS_TEXT.replace("\n", "\r").encode("utf-8"), None),  # old Mac Excel
     ("cr16.csv", PAIRS_TEXT.replace("\n", "\r").encode("utf-16"), "utf-16-le"),
     ("semicolon.csv", PAIRS_TEXT.replace(",", ";").replace('"Yes; please"', '"Yes, please"').encode(), None),
+    ("sep.csv", ("sep=;\n" + PAIRS_TEXT.replace(",", ";").replace('"Yes; please"', '"Yes, please"')).encode(), None),
     ("excel.txt", PAIRS_TEXT.replace(",", "\t").replace("Yes\t please", "Yes, please").encode("utf-16"), "utf-16-le"),
     ("pairs.tsv", PAIRS_TEXT.replace(",", "\t").replace("Yes\t please", "Yes, please").encode(), None),
 ])
@@ -113,7 +114,7 @@ def test_encodings_and_line_endings_people_save(tmp_path, name, content, encodin
     path = tmp_path / name
     path.write_bytes(content)
     report = DataReport()
-    assert _read(path, report) == EXPECTED
+    assert [(e, k, n - name.startswith("sep")) for e, k, n in _read(path, report)] == EXPECTED
     assert report.encodings == ({str(path): encoding} if encoding else {})
     assert path.read_bytes() == content
 
@@ -149,6 +150,11 @@ def test_a_csv_cell_over_the_csv_module_limit(tmp_path):
     path.write_text(f"en,ko\nHello,{long}\nBye,잘 가\n", encoding="utf-8")
     assert [(r["en"], len(r["ko"]), r.line) for r in read_rows(str(path), FIELDS)] == [
         ("Hello", len(long), 2), ("Bye", 3, 3)]
+
+
+def test_a_device_is_not_a_data_file():
+    with pytest.raises(DataError, match="/dev/null: is not a regular file"):
+        read_rows("/dev/null", FIELDS)
 
 
 def test_a_quoted_cell_over_several_lines_reports_its_first_line(tmp_path):

@@ -75,6 +75,8 @@ DATA_CASES = [
      "a quoted cell that starts on this line is never closed"),
     ("CSV text after a closing quote", "d.csv", b'en,ko\n"Hi" there,x\n', 2, "", "not valid CSV"),
     ("a .txt file that is not tab-separated", "d.txt", b"Hello = x\n", "", "", "unknown file type"),
+    ("an Excel workbook", "d.xlsx", b"PK\x03\x04", "", "", 'use .jsonl, .json, .csv or .tsv (save an Excel sheet as "CSV'),
+    ("a column named twice", "d.csv", b"en,EN,ko\na,b,c\n", 1, "", "the header names the column 'EN' twice"),
     ("Korean in the English column", "d.jsonl", jsonl({"en": "안녕하세요.", "ko": "Hello."}, GOOD), 1, "en",
      "is mostly Hangul, and so are 1 of the file's 2 rows: are the English and Korean columns swapped?"),
     ("chat: no assistant turn", "d.jsonl", jsonl(GOOD_CHAT, chat(("user", "Hi."))), 2, "messages",
