@@ -138,7 +138,8 @@ def test_unsloth_is_imported_only_for_its_backend(tmp_path):
               "except Exception as e:\n    print('sft_config:', type(e).__name__)\n"
               "print('unsloth imported' if 'unsloth' in sys.modules else 'unsloth not imported')\n")
     import subprocess
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "unsloth not imported"
 

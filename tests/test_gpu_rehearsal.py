@@ -42,7 +42,7 @@ from .conftest import PAIRS, ROOT, write_jsonl
 
 FACTS = json.loads((ROOT / "tests" / "fixtures" / "gpu_models.json").read_text(encoding="utf-8"))
 CACHE = Path(os.environ.get("FT_TOKENIZER_CACHE", ROOT / "tests" / ".cache" / "npm"))
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 LAYERS = TINY["num_hidden_layers"]
 
 
@@ -291,7 +291,7 @@ def lora_layers(run_dir: Path) -> dict[str, int]:
     from safetensors import safe_open
 
     with safe_open(str(run_dir / "adapter" / "adapter_model.safetensors"), "pt") as f:
-        names = {k.split(".lora_A")[0] for k in f.keys() if ".lora_A" in k}
+        names = {k.split(".lora_A")[0] for k in f.keys() if ".lora_A" in k}  # noqa: SIM118 - safe_open has no __iter__
     counts: dict[str, int] = {}
     for name in names:
         counts[name.rsplit(".", 1)[-1]] = counts.get(name.rsplit(".", 1)[-1], 0) + 1
@@ -531,19 +531,20 @@ def gpu(monkeypatch):
 
 @pytest.mark.parametrize("card", CARDS)
 def test_precision_follows_the_card(gpu, card, monkeypatch):
+    import trl  # noqa: F401 - imported before CUDA is faked: libraries probe real CUDA streams at import
     from shared import train as train_mod
 
+    configs = [resolve(yaml_path=ROOT / "apps" / product / "configs" / "gpu.yaml")
+               for product in ("translator", "price_predictor")]
     gpu(card)
     want = CARDS[card][1]
-    for product in ("translator", "price_predictor"):  # the gpu configs leave the choice to the machine
-        cfg = resolve(yaml_path=ROOT / "apps" / product / "configs" / "gpu.yaml")
+    for cfg in configs:  # the gpu configs leave the choice to the machine
         assert (cfg.model.dtype, cfg.train.bf16) == ("auto", "auto")
         assert models.weight_dtype(cfg.model, training=True) == want
         assert models._quantization_config(cfg.model).bnb_4bit_compute_dtype == want
         assert models.mixed_precision(cfg.train.bf16) == (want == torch.bfloat16, want == torch.float16)
-        seen = {}
-        monkeypatch.setattr("trl.SFTConfig", lambda **kw: seen.update(kw) or kw)  # no real CUDA to set up
-        train_mod.sft_config(cfg, Path("/nonexistent"), has_eval=False)
+        monkeypatch.setattr("trl.SFTConfig", dict)  # the arguments as given: no real CUDA to set them up on
+        seen = train_mod.sft_config(cfg, Path("/nonexistent"), has_eval=False)
         assert (seen["bf16"], seen["fp16"]) == (want == torch.bfloat16, want == torch.float16)
         assert seen["padding_free"] is False
     if want == torch.float16:
