@@ -80,6 +80,10 @@ class LoraSettings:
     dropout: float = _f(0.05, "Dropout on the LoRA branch.", min=0, lt=1)
     target_modules: list = _f([], "Module names to adapt; empty = the model's defaults from the registry; "
                                   "'all-linear' = every linear layer.")
+    use_rslora: bool = _f(False, "rsLoRA: scale the adapter by alpha/sqrt(r) instead of alpha/r (steadier at high r).")
+    use_dora: bool = _f(False, "DoRA: learn a magnitude per output and a LoRA direction (slower steps).")
+    init: str = _f("default", "Adapter initialisation: default (B = 0), pissa (principal singular vectors of "
+                              "the base weight, fast randomized SVD), gaussian.", ("default", "pissa", "gaussian"))
 
 
 @dataclass
@@ -108,6 +112,15 @@ class TrainSettings:
     eval_steps: int = _f(0, "Evaluate loss on the validation split every N steps (0 = only at the end).", min=0)
     report_to: str = _f("none", "Experiment tracking as transformers names it; tensorboard logs go into the run "
                                 "folder.", ("none", "tensorboard", "wandb"))
+    metric_samples: int = _f(0, "Validation rows generated on at every evaluation (eval_steps) to score the "
+                                "product's own metric (chrF++, MAE) next to the loss; 0 = loss only.", min=0)
+    keep: str = _f("last", "Which weights become the run's adapter: the last step's, or the checkpoint with the "
+                           "best validation metric (needs metric_samples) or loss (both need eval_steps, and "
+                           "save_steps a multiple of it).", ("last", "best_metric", "best_loss"))
+    early_stopping: int = _f(0, "Stop after this many evaluations without improvement of what `keep` watches "
+                                "(0 = never).", min=0)
+    neftune_alpha: float = _f(0.0, "NEFTune: uniform noise of this scale on the input embeddings while training "
+                                   "(5 in the paper; 0 = off).", min=0)
 
 
 @dataclass
@@ -399,7 +412,28 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.epochs is {t.epochs:g} and train.max_steps is 0: the run would train 0 steps; "
                           "set --epochs above 0 or --max-steps N")
     _check_weights(cfg.data)
+    _check_keep(t)
+    if cfg.lora.init == "pissa" and (cfg.lora.use_rslora or cfg.model.quantization != "none"):
+        raise ConfigError("lora.init=pissa works on an unquantized base without rsLoRA (its adapter is saved as "
+                          "a plain LoRA, which PEFT cannot do for rsLoRA); set lora.use_rslora false and "
+                          "model.quantization none, or use lora.init default")
     return cfg
+
+
+def _check_keep(t: TrainSettings) -> None:
+    """Keeping the best checkpoint needs evaluations to compare and a checkpoint saved at each of them."""
+    if t.keep == "last":
+        if t.early_stopping:
+            raise ConfigError("train.early_stopping needs train.keep best_metric or best_loss (what to watch)")
+        return
+    if t.eval_steps <= 0:
+        raise ConfigError(f"train.keep={t.keep} needs evaluations during training: set train.eval_steps (e.g. "
+                          f"{t.save_steps})")
+    if t.save_steps % t.eval_steps:
+        raise ConfigError(f"train.keep={t.keep}: train.save_steps ({t.save_steps}) must be a multiple of "
+                          f"train.eval_steps ({t.eval_steps}), so that every evaluation has its checkpoint")
+    if t.keep == "best_metric" and t.metric_samples <= 0:
+        raise ConfigError("train.keep=best_metric needs train.metric_samples > 0 (validation rows to generate on)")
 
 
 def _check_weights(data: DataSettings) -> None:

@@ -67,6 +67,15 @@ class Task:
         """Most new tokens a sensible answer needs (None = the config's max_new_tokens)."""
         return None
 
+    # The product's own quality measure on generated answers, used during training (train.metric_samples):
+    # its name (logged as eval_<name>) and whether higher is better. None: the task has none (loss only).
+    metric_name: str | None = None
+    greater_is_better: bool = True
+
+    def metric(self, rows: list[Row], answers: list[str]) -> float:
+        """The metric of raw generated answers against the rows' references."""
+        raise NotImplementedError
+
     def data_checks(self, rows: list[Row]) -> dict:
         """Product-specific sanity figures for the data report (charset, ranges...)."""
         return {}

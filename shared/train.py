@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import models, runs
+from . import metric_eval, models, runs
 from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
@@ -181,6 +181,17 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
 
+        product_metric = None  # metric_eval.ProductMetric, set by build_trainer when the run asks for one
+
+        def evaluation_loop(self, *args, **kwargs):
+            """The validation loss, plus the product's metric on generated answers in the same metrics dict:
+            logged, shown, and seen by the best-checkpoint and early-stopping logic like the loss."""
+            output = super().evaluation_loop(*args, **kwargs)
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            if self.product_metric is not None and prefix == "eval":
+                output.metrics[f"eval_{self.product_metric.task.metric_name}"] = self.product_metric(self.model)
+            return output
+
     return CompletionSFTTrainer
 
 
@@ -205,8 +216,12 @@ def lora_config(cfg: RunConfig):
     targets = cfg.lora.target_modules or models.default_target_modules(cfg.model)
     if targets == ["all-linear"]:
         targets = "all-linear"
+    # PiSSA with a fast randomized SVD (4 subspace iterations): an exact SVD of every 640x2048 matrix costs
+    # minutes on a CPU for the same start.
+    init = {"default": True, "pissa": "pissa_niter_4", "gaussian": "gaussian"}[cfg.lora.init]
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM", use_rslora=cfg.lora.use_rslora,
+                      use_dora=cfg.lora.use_dora, init_lora_weights=init)
 
 
 def check_processes(cfg: RunConfig) -> None:
@@ -267,7 +282,9 @@ def use_bf16(cfg: RunConfig) -> bool:
     return models.mixed_precision(cfg.train.bf16)[0]
 
 
-def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
+def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool, best_metric: str | None = None,
+               greater_is_better: bool = True):
+    """The Trainer's arguments. best_metric: the product metric's key (eval_<name>) when train.keep watches it."""
     unsloth = models.resolve_backend(cfg.model) == "unsloth"
     if unsloth:  # imported before TRL and the model: it patches their classes (and only for this backend)
         from .unsloth_backend import activate
@@ -293,12 +310,27 @@ def sft_config(cfg: RunConfig, run_dir: Path, has_eval: bool):
         logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if (has_eval and t.eval_steps > 0) else "no", eval_steps=t.eval_steps or None,
+        **best_checkpoint_args(t, has_eval, best_metric, greater_is_better),
+        neftune_noise_alpha=t.neftune_alpha or None,
         completion_only_loss=True, max_length=cfg.model.max_length, report_to=report_to(cfg),
         # Said explicitly because Unsloth's patched SFTConfig switches padding-free batching on, which the
         # answer-only loss (padded batches with a completion mask) does not expect.
         padding_free=False, packing=False,
         dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty(),
     )
+
+
+def best_checkpoint_args(t, has_eval: bool, best_metric: str | None, greater_is_better: bool) -> dict:
+    """The Trainer's own best-checkpoint machinery, pointed at the validation loss or the product metric: at
+    the end it reloads the best checkpoint, which then becomes the run's adapter."""
+    if t.keep == "last" or not has_eval:
+        return {}
+    if t.keep == "best_metric":
+        if best_metric is None:
+            raise ConfigError("train.keep=best_metric: this product has no metric to watch; use best_loss")
+        return {"load_best_model_at_end": True, "metric_for_best_model": best_metric,
+                "greater_is_better": greater_is_better}
+    return {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}
 
 
 def _progress_callback(run: runs.Run):
@@ -315,7 +347,12 @@ def _progress_callback(run: runs.Run):
                 return
             if not logs or "loss" not in logs:
                 if logs and "eval_loss" in logs:
-                    log(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+                    extra = "".join(f", {k[5:]} {v:.2f}" for k, v in logs.items() if k.startswith("eval_")
+                                    and k not in ("eval_loss", "eval_runtime") and isinstance(v, float)
+                                    and not k.endswith("_per_second"))
+                    log(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}{extra}")
+                    run.record.loss_curve = _curve(state.log_history)
+                    run.save()
                 return
             done = state.global_step - self.step0
             elapsed = time.time() - self.t0
@@ -336,8 +373,12 @@ def _fmt(seconds: float) -> str:
 
 
 def _curve(history: list[dict]) -> list[dict]:
+    """Training and validation points of the Trainer's log: loss, learning rate, gradient norm, and the
+    product metric (eval_<name>) where one was computed."""
     keep = ("step", "loss", "eval_loss", "learning_rate", "grad_norm")
-    return [{k: h[k] for k in keep if k in h} for h in history if "loss" in h or "eval_loss" in h]
+    speed = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    return [{k: v for k, v in h.items() if k in keep or (k.startswith("eval_") and k not in speed)}
+            for h in history if "loss" in h or "eval_loss" in h]
 
 
 def plot_loss(curve: list[dict], path: Path) -> None:
@@ -355,7 +396,16 @@ def plot_loss(curve: list[dict], path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    metric = next((k for p in curve for k in p if k.startswith("eval_") and k != "eval_loss"), None)
+    if metric:  # the product's metric on a second axis: where it peaks is not where the loss bottoms out
+        points = [(p["step"], p[metric]) for p in curve if metric in p]
+        right = ax.twinx()
+        right.plot(*zip(*points), "s--", color="tab:green", label=f"validation {metric[5:]}")
+        right.set_ylabel(metric[5:])
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -369,7 +419,9 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     prep = preflight(task, cfg, Path(run_dir), resume, overwrite)
     # The Trainer's arguments exist before the model loads: under DeepSpeed ZeRO-3 transformers then knows,
     # while loading, to partition the weights across processes instead of loading all of them on every one.
-    args = sft_config(cfg, prep.run_dir, has_eval=bool(prep.valid_rows))
+    args = sft_config(cfg, prep.run_dir, has_eval=bool(prep.valid_rows),
+                      best_metric=f"eval_{task.metric_name}" if task.metric_name else None,
+                      greater_is_better=task.greater_is_better)
     model, tokenizer, fmt = models.load(cfg.model, training=True)
     check_space(prep.run_dir, estimate_run_bytes(model, tokenizer, cfg))
     load_s = time.time() - t_start
@@ -381,7 +433,8 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     timings = {"load_model_s": round(load_s, 1), "prepare_data_s": round(time.time() - t0, 1)}
     with _owned(prep.run_dir):
         run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
-        trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks)
+        metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt)
+        trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks, metric)
         result, checkpoint, train_s = fit(task, trainer, run, tokenizer, resume, valid_ds is not None)
         complete(cfg, run, trainer, result, checkpoint, train_s, train_ds, t_start)
     return prep.run_dir
@@ -442,10 +495,13 @@ def open_run(task: Task, cfg: RunConfig, prep: Preflight, profile_reason: str, m
     return run
 
 
-def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_ds, valid_ds, callbacks):
+def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_ds, valid_ds, callbacks,
+                  metric=None):
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
     peft_config = lora_config(cfg)
+    torch.manual_seed(cfg.train.seed)  # the adapter's initialisation (and PiSSA's randomized SVD) from the seed
     if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
         from .unsloth_backend import add_lora
         model, peft_config = add_lora(model, cfg), None
@@ -453,6 +509,11 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
                                processing_class=tokenizer, peft_config=peft_config,
                                callbacks=[_progress_callback(run), *tracking_callbacks(cfg, run.path), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Progress line says the same, readably
+    trainer.product_metric = metric
+    if cfg.train.early_stopping and args.load_best_model_at_end:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
+    if cfg.lora.init == "pissa":
+        _keep_pissa_start(trainer, run.path)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     run.record.parameters = {"trainable": trainable, "total": total}
     log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={args.bf16} fp16={args.fp16}; "
@@ -505,7 +566,9 @@ def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s
     rec.train = {"global_step": trainer.state.global_step, "steps_this_session": steps_done,
                  "epochs": round(trainer.state.epoch or 0, 3), "train_loss": result.training_loss,
                  "dataset_tokens": tokens,
-                 "examples_per_s": round(steps_done * cfg.train.batch_size * cfg.train.grad_accum / train_s, 2)}
+                 "examples_per_s": round(steps_done * cfg.train.batch_size * cfg.train.grad_accum / train_s, 2),
+                 "kept": cfg.train.keep, "best_checkpoint": trainer.state.best_model_checkpoint,
+                 "best_value": trainer.state.best_metric}
     rec.loss_curve = _curve(trainer.state.log_history)
     rec.history = rec.history + [{"started": rec.started, "resumed_from": checkpoint, "steps": steps_done,
                                   "train_s": round(train_s, 1)}]
@@ -514,6 +577,18 @@ def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s
         plot_loss(rec.loss_curve, run.path / "loss.png")
         run.save()
     trainer.accelerator.wait_for_everyone()  # no process returns before the run folder is complete
+
+
+PISSA_START = "pissa-start"
+
+
+def _keep_pissa_start(trainer, run_dir: Path) -> None:
+    """PiSSA moves the base weights' principal part into the adapter, so its adapter only fits the modified
+    base. The adapter as initialised is kept (once: a resumed run re-creates the same start from the seed), so
+    that the saved adapter can be converted to a plain LoRA that fits the original base."""
+    start = run_dir / PISSA_START
+    if runs.is_main_process() and not (start / "adapter_config.json").is_file():
+        trainer.model.save_pretrained(str(start), save_embedding_layers=False)
 
 
 def _save_adapter(trainer, tokenizer, out: Path) -> None:
@@ -527,7 +602,10 @@ def _save_adapter(trainer, tokenizer, out: Path) -> None:
         trainer.accelerator.wait_for_everyone()
         trainer.save_model(str(tmp))
     elif main:
-        trainer.model.save_pretrained(str(tmp), save_embedding_layers=False)
+        start = out.parent / PISSA_START
+        # a PiSSA adapter is saved as the plain LoRA (rank 2r) it amounts to on the unmodified base
+        convert = {"path_initial_model_for_weight_conversion": str(start)} if start.is_dir() else {}
+        trainer.model.save_pretrained(str(tmp), save_embedding_layers=False, **convert)
     if main:
         tokenizer.save_pretrained(str(tmp))
         if out.exists():

@@ -102,6 +102,11 @@ class PriceTask(Task):
               Field("category", required=False), Field("price", kind=float, drop_bad=True, parse=price_from_text)]
     configs_dir = Path(__file__).parent / "configs"
     require_stable_prefix = True  # training refuses to start if the tokenizer merges across "$"
+    metric_name = "mae"  # mean absolute error in dollars, an unparsed answer counting as $0
+    greater_is_better = False
+
+    def metric(self, rows: list[Row], answers: list[str]) -> float:
+        return price_metrics([r["price"] for r in rows], [parse_price(a) for a in answers])["mae"]
 
     def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
                  drop_duplicates: bool = True) -> list[Row]:

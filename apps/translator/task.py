@@ -31,6 +31,11 @@ class TranslatorTask(Task):
     chat_roles = {"user": "en", "assistant": "ko", "system": "system"}
     configs_dir = Path(__file__).parent / "configs"
 
+    metric_name = "chrf"  # chrF++: character n-grams suit Korean, whose word forms vary with particles
+
+    def metric(self, rows: list[Row], answers: list[str]) -> float:
+        return score([clean_translation(a) for a in answers], [r["ko"] for r in rows])["chrf"]
+
     def messages(self, row: Row) -> list[dict]:
         return [{"role": "system", "content": row.values.get("system") or SYSTEM_PROMPT},
                 {"role": "user", "content": row.values["en"]},

@@ -1,0 +1,130 @@
+"""Training methods and the product metric during training, on the tiny model: each LoRA variant's adapter
+loads with plain PEFT on the original base and gives what the trained model gave; the best checkpoint by the
+product's metric becomes the run's adapter."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from apps.translator.task import TASK
+from shared import runs
+from shared.config import ConfigError, resolve
+from shared.train import train
+
+from .conftest import PAIRS, write_jsonl
+
+PROBE = "Where is the station?"
+
+
+def _cfg(model_dir, data, out, **extra):
+    flat = {"model.name": str(model_dir), "model.chat_template": "chatml", "model.dtype": "float32",
+            "model.max_length": 256, "data.train": str(data), "data.valid": str(data), "data.test": str(data),
+            "train.max_steps": 3, "train.batch_size": 4, "train.save_steps": 1, "train.logging_steps": 1,
+            "train.bf16": "false", "train.warmup_ratio": 0, "train.lr": 5e-3, "lora.r": 4,
+            "lora.target_modules": ["q_proj", "v_proj"], "generate.max_new_tokens": 8, "output.dir": str(out)}
+    flat.update(extra)
+    return resolve(cli=flat)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("d") / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
+
+
+class Probe:
+    """Keeps the trained model's logits on one prompt, as they are when training ends (before saving)."""
+
+    def __init__(self, tokenizer_dir):
+        from transformers import AutoTokenizer
+        self.ids = AutoTokenizer.from_pretrained(tokenizer_dir)(PROBE, return_tensors="pt")["input_ids"]
+        self.logits = None
+
+    def callback(self):
+        from transformers import TrainerCallback
+        probe = self
+
+        class Keep(TrainerCallback):
+            def on_train_end(self, args, state, control, model=None, **kw):
+                model.eval()
+                with torch.no_grad():
+                    probe.logits = model(input_ids=probe.ids).logits.float()
+        return Keep()
+
+
+@pytest.mark.parametrize("method", [
+    {"lora.use_rslora": True},
+    {"lora.use_dora": True},
+    {"lora.init": "pissa"},
+    {"lora.init": "gaussian"},
+    {"train.neftune_alpha": 5.0},
+], ids=["rslora", "dora", "pissa", "gaussian", "neftune"])
+def test_each_method_gives_a_standard_adapter(method, tiny_model_dir, data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    probe = Probe(tiny_model_dir)
+    run = train(TASK, _cfg(tiny_model_dir, data, tmp_path / "run", **method), tmp_path / "run", "t",
+                callbacks=(probe.callback(),))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)  # the original base
+    with torch.no_grad():
+        before = base(input_ids=probe.ids).logits.float()
+    model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()  # plain PEFT, nothing of ours
+    with torch.no_grad():
+        loaded = model(input_ids=probe.ids).logits.float()
+    assert not torch.allclose(loaded, before, atol=1e-4)  # the adapter does something
+    assert torch.allclose(loaded, probe.logits, atol=1e-4), (loaded - probe.logits).abs().max()
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    if "lora.init" in method and method["lora.init"] == "pissa":
+        assert config["r"] == 8 and config["init_lora_weights"] is True  # converted to a plain rank-2r LoRA
+
+
+def test_best_checkpoint_by_the_product_metric_becomes_the_adapter(tiny_model_dir, data, tmp_path, monkeypatch):
+    """The metric peaks at step 2 while the loss keeps falling: step 2's adapter is kept."""
+    from safetensors.torch import load_file
+
+    scores = iter([10.0, 30.0, 20.0, 30.0])  # steps 1, 2, 3, then the kept adapter measured once more
+    calls = []
+
+    def metric(rows, answers):
+        calls.append(len(answers))
+        return next(scores)
+    monkeypatch.setattr(TASK, "metric", metric)
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "run", **{"train.eval_steps": 1, "train.metric_samples": 4,
+                                                          "train.keep": "best_metric", "train.save_total_limit": 5})
+    run_dir = train(TASK, cfg, tmp_path / "run", "t")
+    record = runs.Run.load(run_dir).record
+    points = [p for p in record.loss_curve if "eval_chrf" in p]
+    assert [(p["step"], p["eval_chrf"]) for p in points[:3]] == [(1, 10.0), (2, 30.0), (3, 20.0)]
+    assert calls[0] == 4 and all("eval_loss" in p for p in points)  # 4 sampled rows generated on
+    assert record.train["best_checkpoint"].endswith("checkpoint-2") and record.train["best_value"] == 30.0
+    best = {"step": 2}
+    kept = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    chosen = load_file(run_dir / "checkpoints" / f"checkpoint-{best['step']}" / "adapter_model.safetensors")
+    assert kept.keys() == chosen.keys() and all(torch.equal(kept[k], chosen[k]) for k in kept)
+    assert (run_dir / "loss.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"train.keep": "best_metric"}, "needs evaluations during training"),
+    ({"train.keep": "best_loss", "train.eval_steps": 2, "train.save_steps": 3}, "must be a multiple"),
+    ({"train.keep": "best_metric", "train.eval_steps": 1}, "needs train.metric_samples"),
+    ({"train.early_stopping": 2}, "needs train.keep"),
+    ({"lora.init": "pissa", "lora.use_rslora": True}, "lora.init=pissa"),
+])
+def test_inconsistent_method_settings_are_refused(extra, message, tiny_model_dir, data, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tiny_model_dir, data, tmp_path / "run", **extra)
+
+
+def test_the_products_metrics_on_known_answers():
+    from apps.price_predictor.task import TASK as PRICE
+    from shared.data import Row
+
+    rows = [Row({"en": e, "ko": k}, "t", i) for i, (e, k) in enumerate(PAIRS)]
+    assert TASK.metric(rows, [f"{r['ko']}\nextra line" for r in rows]) == 100.0  # first line kept, as evaluated
+    assert TASK.metric(rows, ["" for _ in rows]) == 0.0
+    items = [Row({"title": "t", "description": "", "price": p}, "t", 1) for p in (10.0, 100.0)]
+    assert PRICE.metric(items, ["12.00", "no idea"]) == 51.0  # (2 + 100) / 2: unparsed counts as $0
+    assert (TASK.greater_is_better, PRICE.greater_is_better) == (True, False)
