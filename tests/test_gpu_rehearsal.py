@@ -344,6 +344,7 @@ def test_the_unsloth_copy_of_phi3_computes_the_same(gpu_models):
 
 # ---------------------------------------------------------------- train -> evaluate -> export -> use
 
+@pytest.mark.slow  # 6-35 s: train, evaluate, export and translate
 def test_translator_on_phi3_transformers_backend(gpu_models, tmp_path, capsys):
     """Phi-3-mini as Microsoft ships it (fused qkv_proj, gate_up_proj), 4-bit, through the transformers backend."""
     from apps.translator.evaluate import evaluate
@@ -384,6 +385,7 @@ def unsloth_backend(monkeypatch, fake_unsloth):
     return fake_unsloth
 
 
+@pytest.mark.slow  # 20-35 s: train, evaluate and export
 @pytest.mark.xfail(not adapter_is_hooked(), strict=True,
                    reason="needs shared/generate.py:load_run to load adapters with models.attach_adapter")
 def test_translator_on_phi3_as_unsloth_loads_it(gpu_models, unsloth_backend, tmp_path):
