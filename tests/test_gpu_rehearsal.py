@@ -534,6 +534,7 @@ def gpu(monkeypatch):
 @pytest.mark.parametrize("card", CARDS)
 def test_precision_follows_the_card(gpu, card, monkeypatch):
     import trl  # noqa: F401 - imported before CUDA is faked: libraries probe real CUDA streams at import
+
     from shared import train as train_mod
 
     configs = [resolve(yaml_path=ROOT / "apps" / product / "configs" / "gpu.yaml")
