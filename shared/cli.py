@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from . import runs
-from .config import ConfigError, anchor_data_paths, apply, describe_keys, load_yaml, parse_overrides, resolve
+from .config import ConfigError, anchor_data_paths, apply, describe_keys, load_yaml, parse_overrides, resolve, validate
 from .data import DataError
 from .models import resolve_profile
 from .task import Task
@@ -30,8 +30,8 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name, local folder, .gguf file or hub id")
     p.add_argument("--backend", choices=["auto", "transformers", "unsloth"],
                    help="model backend (default: auto = unsloth on a CUDA GPU when installed, else transformers)")
-    p.add_argument("--data", help="training data: JSONL/CSV/TSV file(s), comma-separated, or a Hugging Face "
-                                  "dataset id")
+    p.add_argument("--data", help="training data: JSONL/JSON/CSV/TSV file, several separated by commas (see "
+                                  "--data.weights), or a Hugging Face dataset id")
     p.add_argument("--output-dir", help=f"run folder (default: a new folder under <runs root>/{task.name}/)")
     p.add_argument("--runs-root", help=f"where runs live (default: ${runs.RUNS_ENV}, else ./runs)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
@@ -104,7 +104,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
             raise ConfigError(f"--resume: no run to resume in {run_dir} (no run.json); drop --resume to start a "
                               "new run there")
         run = runs.Run.load(run_dir).require(task.name, finished=False)
-        cfg = apply(run.config(), cli)  # the run's own config, then what you changed now
+        cfg = validate(apply(run.config(), cli))  # the run's own config, then what you changed now
         return cfg, run_dir, run.record.profile_reason or "resumed"
     if args.data is not None and "data.valid" not in cli:
         cli["data.valid"] = ""  # new training data: hold out a split of it, not the shipped validation file

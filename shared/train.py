@@ -77,7 +77,8 @@ def build_dataset(rows, task: Task, tokenizer, fmt, max_length: int, report: dat
 
 def read_splits(cfg: RunConfig, task: Task, report: data_mod.DataReport):
     """Read and validate train/valid rows. Runs before the model loads, so a bad row fails in seconds."""
-    train_rows = task.read(cfg.data.train, report, limit=cfg.data.limit, drop_duplicates=cfg.data.drop_duplicates)
+    train_rows = task.read(cfg.data.train, report, limit=cfg.data.limit, drop_duplicates=cfg.data.drop_duplicates,
+                           weights=cfg.data.weights, seed=cfg.train.seed)
     if cfg.data.valid:
         valid_rows = task.read(cfg.data.valid, data_mod.DataReport(), drop_duplicates=cfg.data.drop_duplicates)
     else:
