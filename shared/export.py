@@ -1,7 +1,7 @@
 """Export a run: merge its LoRA adapter into a 16-bit copy of the base and save a plain transformers model.
 
     python -m shared.export --run runs/translator/mine --merged exports/translator-merged
-    python -m shared.export --run DIR --merged OUT --gguf OUT.gguf          # needs llama.cpp's converter
+    python -m shared.export --run DIR --merged OUT --gguf OUT.gguf          # + OUT.Modelfile for Ollama
     python -m shared.export --run DIR --merged OUT --push-to-hub user/name  # needs a hub token
 
 The base is loaded as the run's config says, except: never quantized (a run trained on a 4-bit base gets
@@ -16,26 +16,22 @@ A model merged from a 4-bit run is not bit-identical to "4-bit base + adapter" (
 against the rounded weights); merged from an unquantized run it gives the same greedy outputs as base +
 adapter (tests/test_export.py).
 
-GGUF (--gguf) runs llama.cpp's `convert_hf_to_gguf.py` on the merged folder, found through $FT_GGUF_CONVERTER
-(the script or an executable), $LLAMA_CPP_DIR (a llama.cpp checkout) or PATH; without one the command
-stops before doing any work. --push-to-hub uploads the merged folder (a private repo unless --public) when a
-token exists ($HF_TOKEN, or `hf auth login`). Errors are one line and exit status 2.
+GGUF (--gguf, --gguf-type f16|q8_0|f32) is written from the merged folder by shared/gguf_export.py with the
+`gguf` package alone (gemma3, llama/mistral, phi3, qwen2), with an Ollama Modelfile beside it; setting
+$FT_GGUF_CONVERTER to llama.cpp's convert_hf_to_gguf.py uses that instead (docs/gguf.md). --push-to-hub
+uploads the merged folder (a private repo unless --public) when a token exists ($HF_TOKEN, or
+`hf auth login`). Errors are one line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from . import runs
+from . import gguf_export, runs
 from .config import ConfigError
-
-CONVERTER = "convert_hf_to_gguf.py"
-GGUF_OUTTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merged", required=True, help="output folder for the merged model (safetensors + tokenizer)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="weights of the merged model (default: the run's weight dtype, never 4-/8-bit)")
-    p.add_argument("--gguf", help="also write this .gguf file (needs llama.cpp's convert_hf_to_gguf.py)")
+    p.add_argument("--gguf", help="also write this .gguf file, and an Ollama Modelfile beside it")
+    p.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"],
+                   help="GGUF weight type (default f16; q8_0 is half the size, close but not identical outputs)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the merged folder to this hub repo (user/name)")
     p.add_argument("--public", action="store_true", help="with --push-to-hub: create the repo public")
     p.add_argument("--overwrite", action="store_true",
@@ -58,23 +56,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- pre-flight checks (before any loading)
-
-def find_converter() -> list[str] | None:
-    """The command that runs llama.cpp's HF -> GGUF converter, or None when none is installed."""
-    candidates = []
-    if os.environ.get("FT_GGUF_CONVERTER"):
-        candidates.append(Path(os.environ["FT_GGUF_CONVERTER"]).expanduser())
-    if os.environ.get("LLAMA_CPP_DIR"):
-        candidates.append(Path(os.environ["LLAMA_CPP_DIR"]).expanduser() / CONVERTER)
-    for name in (CONVERTER, "convert_hf_to_gguf", "convert-hf-to-gguf"):
-        found = shutil.which(name)
-        if found:
-            candidates.append(Path(found))
-    for path in candidates:
-        if path.is_file():
-            return [sys.executable, str(path)] if path.suffix == ".py" else [str(path)]
-    return None
-
 
 def hub_token() -> str | None:
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
@@ -98,12 +79,8 @@ def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     check_merged_target(Path(args.merged), run, args.overwrite, runs.runs_root(args.runs_root))
     converter = None
     if args.gguf:
-        converter = find_converter()
-        if converter is None:
-            raise ConfigError("--gguf: no GGUF converter found. Install llama.cpp (git clone "
-                              "https://github.com/ggml-org/llama.cpp; pip install -r llama.cpp/requirements.txt) "
-                              f"and set LLAMA_CPP_DIR to it, or FT_GGUF_CONVERTER to its {CONVERTER}; "
-                              "or drop --gguf")
+        converter = gguf_export.preflight(Path(args.gguf), (run.record.base_model or {}).get("model_type"),
+                                          args.overwrite)
     token = None
     if args.push_to_hub:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
@@ -177,14 +154,9 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
     return info
 
 
-def to_gguf(converter: list[str], merged: Path, gguf: Path, dtype: str) -> None:
-    gguf.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [*converter, str(merged), "--outfile", str(gguf), "--outtype", GGUF_OUTTYPE.get(dtype, "f16")]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not gguf.is_file():
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConfigError(f"GGUF conversion failed (exit {done.returncode}: {last[0][:300]}); the merged model in "
-                          f"{merged} is complete. Command: {' '.join(cmd)}")
+def to_gguf(converter: list[str] | None, merged: Path, gguf: Path, out_type: str, family: str, product: str) -> dict:
+    """The GGUF and its Ollama Modelfile (shared/gguf_export.py); the external converter when opted into."""
+    return gguf_export.export(merged, gguf, out_type, family, product, converter)
 
 
 def push(folder: Path, repo: str, token: str, public: bool) -> str:
@@ -212,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         info = merge(run, out, args.dtype, args.overwrite)
         log(f"merged {run.path} into {out} ({info['merged_dtype']}, base {info['base']}, trained with quantization "
             f"{info['trained_quantization']}) in {info['merge_s']} s")
-        if converter:
-            to_gguf(converter, out, Path(args.gguf), info["merged_dtype"])
-            log(f"GGUF written: {args.gguf}")
+        if args.gguf:
+            gguf = to_gguf(converter, out, Path(args.gguf), args.gguf_type, info["chat_format"], run.record.product)
+            log(f"GGUF written: {args.gguf} ({args.gguf_type}); Ollama: ollama create NAME -f {gguf['modelfile']}")
         if token:
             log(f"pushed to {push(out, args.push_to_hub, token, args.public)}")
         print(f"Merged model: {out}\nLoad it with: AutoModelForCausalLM.from_pretrained({str(out)!r}); prompts in "
