@@ -191,6 +191,17 @@ def _parameter_counts(peft_model) -> dict:
             "output_layer_tied": head.data_ptr() == embed.data_ptr()}
 
 
+def stock_lora_config(cfg):
+    """The LoraConfig a user of stock PEFT writes: the same rank, alpha, dropout and target names."""
+    from peft import LoraConfig
+
+    from shared import models
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
+                      target_modules=cfg.lora.target_modules or models.default_target_modules(cfg.model),
+                      task_type="CAUSAL_LM")
+
+
 def _side_result(side: str, trainer, meter, load_s: float, weight_dtype) -> dict:
     return {"side": side, "steps": meter.steps, "step_s": meter.step_s, "losses": meter.losses,
             "load_s": round(load_s, 1), "params": _parameter_counts(trainer.model),
@@ -228,7 +239,7 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     set_seed(cfg.train.seed)  # the LoRA init happens in the trainer's constructor, before Trainer seeds
     trainer = _metered(core._trainer_class(), meter)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=core.lora_config(cfg), callbacks=[meter])
+        peft_config=core.lora_config(cfg, model), callbacks=[meter])
     load_s = time.perf_counter() - t0
     trainer.train()
     return _side_result("ours", trainer, meter, load_s, next(model.parameters()).dtype)
@@ -243,7 +254,7 @@ def run_trl(a: argparse.Namespace, work: Path) -> dict:
 
     from apps.translator.task import TASK
     from shared import models
-    from shared.train import lora_config, tokenize_pair, use_bf16
+    from shared.train import tokenize_pair, use_bf16
 
     cfg = bench_config(a)
     t0 = time.perf_counter()
@@ -275,7 +286,7 @@ def run_trl(a: argparse.Namespace, work: Path) -> dict:
     meter = _meter()
     set_seed(t.seed)
     trainer = _metered(SFTTrainer, meter)(model=folder, args=args, train_dataset=dataset,
-                                          processing_class=tokenizer, peft_config=lora_config(cfg),
+                                          processing_class=tokenizer, peft_config=stock_lora_config(cfg),
                                           callbacks=[meter])
     load_s = time.perf_counter() - t0
     trainer.train()

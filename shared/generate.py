@@ -21,7 +21,6 @@ def load_run(run: runs.Run, model_overrides: dict | None = None):
 
     model_overrides: model.* settings changed for this load only, e.g. {"quantization": "none"} to put the
     adapter on an unquantized copy of the base (shared/export.py)."""
-    from peft import PeftModel
 
     run_dir, record = run.path, run.record
     cfg: RunConfig = run.config()
@@ -41,7 +40,7 @@ def load_run(run: runs.Run, model_overrides: dict | None = None):
                               f"'{cfg.model.name}' now loads ({differs}). Put the original base back at that "
                               "path, or train a new run on this one.")
     try:
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = models.attach_adapter(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, missing target modules
         raise ConfigError(f"the adapter in {run_dir} does not fit the base model '{cfg.model.name}' "
                           f"({e.__class__.__name__}: {str(e).strip().splitlines()[-1][:200]})") from None

@@ -212,11 +212,15 @@ def _through_wrapper(wrapper, compute):
             del inner.forward
 
 
-def lora_config(cfg: RunConfig):
+def lora_targets(cfg: RunConfig, model) -> list[str] | str:
+    """The run's LoRA target names as the loaded model spells them (fused or split projections)."""
+    return models.resolve_target_modules(model, cfg.lora.target_modules or models.default_target_modules(cfg.model))
+
+
+def lora_config(cfg: RunConfig, model):
+    """PEFT's LoraConfig for the run on this model."""
     from peft import LoraConfig
-    targets = cfg.lora.target_modules or models.default_target_modules(cfg.model)
-    if targets == ["all-linear"]:
-        targets = "all-linear"
+    targets = lora_targets(cfg, model)
     # PiSSA with a fast randomized SVD (4 subspace iterations): an exact SVD of every 640x2048 matrix costs
     # minutes on a CPU for the same start.
     init = {"default": True, "pissa": "pissa_niter_4", "gaussian": "gaussian"}[cfg.lora.init]
@@ -501,7 +505,7 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    peft_config = lora_config(cfg)
+    peft_config = lora_config(cfg, model)
     torch.manual_seed(cfg.train.seed)  # the adapter's initialisation (and PiSSA's randomized SVD) from the seed
     if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
         from .unsloth_backend import add_lora
@@ -510,6 +514,8 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
                                processing_class=tokenizer, peft_config=peft_config,
                                callbacks=[_progress_callback(run), *tracking_callbacks(cfg, run.path), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Progress line says the same, readably
+    if peft_config is not None:  # PEFT errors only when no name matches: count that every target got LoRA
+        models.check_lora_coverage(trainer.model, lora_targets(cfg, trainer.model.get_base_model()))
     trainer.product_metric = metric
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.machinery
-import inspect
 import json
 import os
 import re
@@ -308,13 +307,6 @@ def masked_tokens(task, cfg, row) -> tuple[list[str], list[int]]:
     return tokenizer.convert_ids_to_tokens(kept), kept
 
 
-def adapter_is_hooked() -> bool:
-    """load_run applies adapters through models.attach_adapter (fused <-> split projections)."""
-    from shared import generate
-
-    return "attach_adapter" in inspect.getsource(generate.load_run)
-
-
 # ---------------------------------------------------------------- the tokenizers are the real ones
 
 def test_the_real_vocabularies(gpu_models):
@@ -386,8 +378,6 @@ def unsloth_backend(monkeypatch, fake_unsloth):
 
 
 @pytest.mark.slow  # 20-35 s: train, evaluate and export
-@pytest.mark.xfail(not adapter_is_hooked(), strict=True,
-                   reason="needs shared/generate.py:load_run to load adapters with models.attach_adapter")
 def test_translator_on_phi3_as_unsloth_loads_it(gpu_models, unsloth_backend, tmp_path):
     """Unsloth swaps Phi-3 for its Mistral-layout copy: the gpu config's fused target names must still put LoRA on
     every projection, and the adapter must still load on Microsoft's Phi-3 for export (transformers backend)."""

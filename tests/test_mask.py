@@ -21,7 +21,7 @@ def _labels_from_trainer(model, tokenizer, dataset, tmp_path):
     cfg.train.batch_size = 2
     cfg.train.group_by_length = False
     trainer = SFTTrainer(model=model, args=sft_config(cfg, tmp_path, has_eval=False), train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=lora_config(cfg))
+                         processing_class=tokenizer, peft_config=lora_config(cfg, model))
     return next(iter(trainer.get_train_dataloader()))
 
 
