@@ -240,6 +240,13 @@ def check_processes(cfg: RunConfig) -> None:
                           f"over the {world} processes; use a multiple of {world}")
 
 
+def check_method(cfg: RunConfig) -> None:
+    """Unsloth builds its own LoRA layers: the PEFT-only variants are refused there, before anything loads."""
+    if (cfg.lora.use_dora or cfg.lora.init != "default") and models.resolve_backend(cfg.model) == "unsloth":
+        raise ConfigError("lora.use_dora and lora.init pissa/gaussian need the transformers backend (Unsloth builds "
+                          "its own LoRA layers): add --backend transformers")
+
+
 def report_to(cfg: RunConfig) -> list[str]:
     """What transformers reports to itself; TensorBoard is added by tracking_callbacks, so that its event files
     go into the run folder (transformers would put them under checkpoints/)."""
@@ -460,6 +467,7 @@ def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite
     report = data_mod.DataReport()
     train_rows, valid_rows = read_splits(cfg, task, report)
     check_tracking(cfg)
+    check_method(cfg)
     if runs.is_main_process():
         runs.claim(run_dir, task.name, resume, overwrite, task.commands())
         check_output(run_dir)

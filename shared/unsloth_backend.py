@@ -97,7 +97,7 @@ def add_lora(model, cfg: RunConfig):
         targets = linear_module_names(model)
     peft_model = _fast_language_model().get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(targets), bias="none",
+        target_modules=list(targets), bias="none", use_rslora=cfg.lora.use_rslora,
         # Unsloth's own activation checkpointing replaces the Trainer's (train.sft_config turns that off)
         use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
         random_state=cfg.train.seed)
