@@ -239,7 +239,8 @@ def test_training_and_generation_through_the_unsloth_path(fake_unsloth, monkeypa
     peft_call = [c for c in fake_unsloth if c[0] == "get_peft_model"]
     assert len(peft_call) == 1
     assert peft_call[0][1] == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
-                               "bias": "none", "use_gradient_checkpointing": "unsloth", "random_state": 7}
+                               "bias": "none", "use_rslora": False, "use_gradient_checkpointing": "unsloth",
+                               "random_state": 7}
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
     from shared import runs

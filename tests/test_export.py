@@ -124,16 +124,6 @@ def _exit_message(capsys, argv) -> str:
     return err
 
 
-def test_gguf_without_a_converter_stops_before_any_work(exported, tmp_path, monkeypatch, capsys):
-    run, _ = exported
-    for var in ("FT_GGUF_CONVERTER", "LLAMA_CPP_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    err = _exit_message(capsys, ["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "x.gguf")])
-    assert "no GGUF converter found" in err and "LLAMA_CPP_DIR" in err
-    assert not (tmp_path / "m").exists()
-
-
 def test_gguf_with_a_converter(exported, tmp_path, monkeypatch):
     """The converter is llama.cpp's script; here a stand-in records how it is called and writes the file."""
     run, _ = exported
@@ -141,7 +131,8 @@ def test_gguf_with_a_converter(exported, tmp_path, monkeypatch):
     fake.write_text("import json, sys\nopen(sys.argv[sys.argv.index('--outfile') + 1], 'w').write('GGUF')\n"
                     f"json.dump(sys.argv[1:], open({str(tmp_path / 'argv.json')!r}, 'w'))\n")
     monkeypatch.setenv("FT_GGUF_CONVERTER", str(fake))
-    export.main(["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "out" / "x.gguf")])
+    export.main(["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "out" / "x.gguf"),
+                 "--gguf-type", "f32"])
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert argv == [str(tmp_path / "m"), "--outfile", str(tmp_path / "out" / "x.gguf"), "--outtype", "f32"]
     assert (tmp_path / "out" / "x.gguf").read_text() == "GGUF" and (tmp_path / "m" / "config.json").is_file()
