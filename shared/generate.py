@@ -128,28 +128,100 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
                batch_size: int = 8, progress: str | None = None) -> list[list[tuple[str, float]]]:
     """The n most likely complete answers per prompt (beam search, width n) with their log-probabilities
     (sums over tokens, no length normalisation), best first. For short answers where the whole distribution
-    matters, e.g. a price: a weighted median over them minimises the expected absolute error."""
+    matters, e.g. a price: a weighted median over them minimises the expected absolute error.
+
+    Each prompt is read once: a batched prefill, then its cache is copied to the n beams (see `_beams`). The
+    answers and scores are those of Hugging Face beam search with length_penalty=0 and early_stopping=False,
+    which reads every prompt n times (its prefill runs on n copies): 8 beams cost 8 prefills there."""
     from tqdm.auto import tqdm
 
     if n < 2:
         raise ValueError("candidates() needs a beam width of at least 2; use generate() for greedy decoding")
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=n, num_return_sequences=n,
-              length_penalty=0.0, early_stopping=True, eos_token_id=stop_ids(tokenizer, fmt),
-              pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
-              output_scores=True, return_dict_in_generate=True)
+    stops = stop_ids(tokenizer, fmt)
     results: list[list[tuple[str, float]]] = [[] for _ in prompts]
     dev = next(model.parameters()).device
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
-    for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, batch_size):
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
-        texts = tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
-        scores = out.sequences_scores.float().tolist()
+    for idx, ids, mask, _ in _left_padded_batches(tokenizer, prompts, batch_size):
+        found = _beams(model, ids.to(dev), mask.to(dev), n, max_new_tokens, stops)
         for row, i in enumerate(idx):
-            pairs = zip(texts[row * n:(row + 1) * n], scores[row * n:(row + 1) * n])
-            results[i] = sorted(((t.strip(), s) for t, s in pairs), key=lambda x: -x[1])
+            results[i] = [(tokenizer.decode(_without_stop(tokens, stops), skip_special_tokens=True).strip(), score)
+                          for score, tokens in found[row]]
         bar.update(len(idx))
     bar.close()
     return results
+
+
+def _without_stop(tokens: list[int], stops: list[int]) -> list[int]:
+    return tokens[:-1] if tokens and tokens[-1] in stops else tokens
+
+
+def _log_probs(model, **inputs) -> tuple[torch.Tensor, object]:
+    """(log-probabilities of the next token, float32, one row per input row; the updated cache)."""
+    out = model(**inputs, use_cache=True, logits_to_keep=1)  # the output layer on the last position only
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
+
+
+def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tokens: int,
+           stops: list[int]) -> list[list[tuple[float, list[int]]]]:
+    """Beam search over one left-padded batch; per prompt its `width` best finished answers (score, tokens).
+
+    The prompts go through the model once (prefill); the cache is then copied to `width` rows per prompt and
+    reordered after each step as beams move. The rule is Hugging Face's (GenerationMixin._beam_search): of the
+    K = max(2, 1 + number of stop tokens) x width best continuations over all beams, those in the first `width`
+    places that end in a stop token become finished answers, the best `width` of the rest run on. An answer
+    cut off by max_new_tokens counts as finished. A prompt is done once `width` answers have finished and its
+    best running beam scores no higher than the worst of them (log-probabilities only fall as tokens are added);
+    its rows then leave the batch, so the rest of the batch runs on fewer rows."""
+    dev, n_prompts = ids.device, ids.shape[0]
+    stop = torch.tensor(stops, device=dev)
+    keep = max(2, 1 + len(stops)) * width
+    lengths = mask.sum(-1)  # real prompt tokens per row: the next position after the prompt
+    log_probs, cache = _log_probs(model, input_ids=ids, attention_mask=mask,
+                                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_prompts)]
+    alive = torch.arange(n_prompts, device=dev)  # prompts still searching, in row order
+    history = torch.empty((n_prompts, 1, 0), dtype=torch.long, device=dev)  # running beams' answer tokens
+    scores = torch.zeros((n_prompts, 1), device=dev)  # running beams' log-probabilities (one beam before step 0)
+    for step in range(max_new_tokens):
+        beams_now, vocab = log_probs.shape[0] // len(alive), log_probs.shape[-1]
+        total = (scores[:, :, None] + log_probs.view(len(alive), beams_now, vocab)).view(len(alive), -1)
+        top, flat = torch.topk(total, keep, dim=-1)
+        beam, token = flat // vocab, flat % vocab
+        ends = torch.isin(token, stop) | (step == max_new_tokens - 1)
+        paths = torch.cat([history.gather(1, beam[:, :, None].expand(-1, -1, step)), token[:, :, None]], dim=-1)
+        _collect(finished, alive.tolist(), top, paths, ends, width)
+        if step == max_new_tokens - 1:
+            break
+        top = top - 1e9 * ends.float()  # an ended answer does not run on
+        running = torch.topk(top, width, dim=-1).indices
+        scores, history = top.gather(1, running), paths.gather(1, running[:, :, None].expand(-1, -1, step + 1))
+        rows = torch.arange(len(alive), device=dev)[:, None] * beams_now + beam.gather(1, running)
+        going = torch.tensor([not _done(finished[p], best, width)
+                              for p, best in zip(alive.tolist(), scores[:, 0].tolist())], device=dev)
+        if not going.any():
+            break
+        cache.reorder_cache(rows[going].view(-1))  # each new beam gets its parent's cache; done prompts leave
+        alive, scores, history = alive[going], scores[going], history[going]
+        attention = torch.cat([mask[alive], torch.ones((len(alive), step + 1), dtype=mask.dtype, device=dev)], -1)
+        log_probs, cache = _log_probs(model, input_ids=history[:, :, -1].reshape(-1, 1),
+                                      attention_mask=attention.repeat_interleave(width, 0),
+                                      position_ids=(lengths[alive] + step).repeat_interleave(width)[:, None],
+                                      past_key_values=cache)
+    return [sorted(found, key=lambda x: -x[0]) for found in finished]
+
+
+def _collect(finished, alive, top, paths, ends, width: int) -> None:
+    """Add the continuations in the first `width` places that end here to their prompt's finished answers,
+    keeping the best `width`."""
+    for row, col in ends[:, :width].nonzero().tolist():
+        pool = finished[alive[row]]
+        pool.append((top[row, col].item(), paths[row, col].tolist()))
+        pool.sort(key=lambda x: -x[0])
+        del pool[width:]
+
+
+def _done(pool: list[tuple[float, list[int]]], best_running: float, width: int) -> bool:
+    return len(pool) == width and best_running <= pool[-1][0]
 
 
 def first_line(pieces: Iterator[str]) -> Iterator[str]:
