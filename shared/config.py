@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # shipped configs name data files relative to it
 
 

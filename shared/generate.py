@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -224,20 +224,21 @@ def _done(pool: list[tuple[float, list[int]]], best_running: float, width: int) 
     return len(pool) == width and best_running <= pool[-1][0]
 
 
-def first_line(pieces: Iterator[str]) -> Iterator[str]:
-    """The streamed text up to its first line break (leading breaks skipped), as evaluation keeps it.
+def first_line(pieces: Iterable[str]) -> Iterator[str]:
+    """The text up to its first line break, leading blank space skipped: what evaluation keeps of an answer
+    (the references are one line, and a small model may ramble after it). Works on a stream of pieces.
 
     The rest of `pieces` is still consumed, not shown: leaving a stream() early would block its generating
     thread. Empty pieces are dropped."""
-    shown, done = "", False
+    started, done = False, False
     for piece in pieces:
         if done:
             continue
-        if not shown.strip():
-            piece = piece.lstrip("\n")
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
         if "\n" in piece:
             piece, done = piece.split("\n")[0], True
-        shown += piece
         if piece:
             yield piece
 

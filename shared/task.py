@@ -9,8 +9,16 @@ from pathlib import Path
 
 from .chat import ChatFormat, Message, render, split_for_training
 from .config import ConfigError
-from .data import (DataReport, Field, Row, check_limits, drop_duplicates_across, mix, read_rows,
-                   split_sources)
+from .data import (
+    DataReport,
+    Field,
+    Row,
+    check_limits,
+    drop_duplicates_across,
+    mix,
+    read_rows,
+    split_sources,
+)
 
 
 class Task:

@@ -126,11 +126,8 @@ def check_output(run_dir: Path) -> None:
 def estimate_run_bytes(model, tokenizer, cfg: RunConfig) -> int:
     """Disk a run needs, estimated before it starts: each checkpoint holds the LoRA weights, Adam's two moments
     and the tokenizer; save_total_limit of them are kept (plus the one being written), then the adapter."""
-    targets = cfg.lora.target_modules or models.default_target_modules(cfg.model)
-    head = model.get_output_embeddings()
-    lora = sum(cfg.lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if hasattr(m, "in_features") and hasattr(m, "out_features") and m is not head
-               and (targets in ("all-linear", ["all-linear"]) or name.rsplit(".", 1)[-1] in targets))
+    lora = sum(cfg.lora.r * (m.in_features + m.out_features)
+               for m in models.targeted_linears(model, lora_targets(cfg, model)))
     folder = Path(getattr(tokenizer, "name_or_path", "") or "/nonexistent")
     tok = sum(f.stat().st_size for f in folder.glob("tokenizer*") if f.is_file()) if folder.is_dir() else 0
     kept = (cfg.train.save_total_limit or 1) + 1

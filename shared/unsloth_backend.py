@@ -77,13 +77,6 @@ def load_unsloth(cfg: ModelConfig, kind: str, where: str, dtype: torch.dtype):
     return model, tokenizer, fmt
 
 
-def linear_module_names(model) -> list[str]:
-    """Names of every linear layer but the output layer: what 'all-linear' means, spelt out for Unsloth."""
-    from .models import linear_names
-
-    return sorted(linear_names(model))
-
-
 def add_lora(model, cfg: RunConfig):
     """The model with the run's LoRA adapter added by Unsloth (same r, alpha, dropout and seed as the transformers
     backend's LoraConfig). The target names are resolved against the model Unsloth loaded: for Phi-3 it loads a
@@ -93,8 +86,8 @@ def add_lora(model, cfg: RunConfig):
 
     targets = cfg.lora.target_modules or models.default_target_modules(cfg.model)
     targets = models.resolve_target_modules(model, targets)
-    if targets == "all-linear":
-        targets = linear_module_names(model)
+    if targets == "all-linear":  # spelt out for Unsloth, which passes names to PEFT
+        targets = sorted(models.linear_names(model))
     peft_model = _fast_language_model().get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=list(targets), bias="none", use_rslora=cfg.lora.use_rslora,

@@ -533,7 +533,7 @@ def test_precision_follows_the_card(gpu, card, monkeypatch):
     want = CARDS[card][1]
     for cfg in configs:  # the gpu configs leave the choice to the machine
         assert (cfg.model.dtype, cfg.train.bf16) == ("auto", "auto")
-        assert models.weight_dtype(cfg.model, training=True) == want
+        assert models.weight_dtype(cfg.model) == want
         assert models._quantization_config(cfg.model).bnb_4bit_compute_dtype == want
         assert models.mixed_precision(cfg.train.bf16) == (want == torch.bfloat16, want == torch.float16)
         monkeypatch.setattr("trl.SFTConfig", dict)  # the arguments as given: no real CUDA to set them up on
@@ -551,5 +551,5 @@ def test_precision_on_the_cpu(monkeypatch, fast_bf16):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert models.mixed_precision("auto") == (fast_bf16, False)
-    assert models.weight_dtype(ModelConfig(), training=True) == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert models.weight_dtype(ModelConfig()) == (torch.bfloat16 if fast_bf16 else torch.float32)
     assert models.mixed_precision("false") == (False, False)

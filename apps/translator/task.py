@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from shared.data import DataError, DataReport, Field, Row, share
+from shared.generate import first_line
 from shared.log import log
 from shared.task import Task
 
@@ -86,11 +87,8 @@ def source_row(english: str) -> Row:
 
 
 def clean_translation(text: str) -> str:
-    """Keep the first non-empty line: the references are one line, and a small model may ramble after it."""
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+    """A translation as scored: its first line (shared.generate.first_line, as translate and the demo show it)."""
+    return "".join(first_line([text])).strip()
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:
