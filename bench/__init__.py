@@ -1,4 +1,4 @@
-"""Benchmarks of the training core against the stock Hugging Face stack (issue 5).
+"""Benchmarks of the training core against the stock Hugging Face stack.
 
     python -m bench.train_throughput   # our training vs stock TRL SFTTrainer + PEFT, same rows and steps
     python -m bench.eval_throughput    # batched generation vs the one-example-at-a-time generate loop

@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): bad data, interrupted training, pre-flight failures, security.
+"""Fault injection: bad data, interrupted training, pre-flight failures, security.
 
 Every fault is injected for real where this machine allows it (bad bytes on disk, real signals to a real
 training process, a model folder with pickled weights or its own code) and simulated where it does not

@@ -1,5 +1,5 @@
-"""Curation of Amazon Reviews 2023 metadata rows and simple price rows (apps/price_predictor/curation.py),
-on a hand-written fixture in the real Amazon format. Standard library only."""
+"""Curation of Amazon Reviews 2023 metadata rows (apps/price_predictor/curation.py), on a hand-written fixture
+in the real Amazon format."""
 from __future__ import annotations
 
 import json
@@ -8,23 +8,29 @@ from pathlib import Path
 import pytest
 
 from apps.price_predictor import curation as cur
+from shared.data import DataReport
 
 FIXTURE = Path(__file__).parent / "fixtures" / "amazon_meta_sample.jsonl"
 EXPECTED_DROPS = {"bad json": 1, "no price": 2, "no title": 1, "price out of range": 3, "too little text": 1}
 
 
+def _read(path=FIXTURE, **kwargs) -> tuple[list[dict], DataReport]:
+    report = DataReport()
+    return cur.read_amazon_meta(path, report, **kwargs), report
+
+
 @pytest.fixture(scope="module")
 def curated():
-    return cur.read_amazon_meta(FIXTURE)
+    return _read()
 
 
 def test_kept_items_and_exact_drop_counts(curated):
-    items, stats = curated
-    assert stats.read == 12 and stats.kept == 4 == len(items)
-    assert dict(stats.dropped) == EXPECTED_DROPS
-    assert stats.read == stats.kept + sum(stats.dropped.values())  # nothing dropped silently
-    assert stats.to_dict() == {"read": 12, "kept": 4, "dropped": EXPECTED_DROPS}
-    json.dumps(stats.to_dict())
+    items, report = curated
+    assert report.rows_read == 12 and len(items) == 4
+    assert dict(report.dropped) == EXPECTED_DROPS
+    assert report.rows_read == len(items) + sum(report.dropped.values())  # nothing dropped silently
+    assert report.files == [str(FIXTURE)]
+    json.dumps(report.to_dict())
     assert [(it["title"][:20], it["price"], it["category"]) for it in items] == [
         ("Brindlecraft Bamboo ", 24.99, "Amazon Home"),
         ("Vantro 20V Cordless ", 129.99, "Tools & Home Improvement"),
@@ -37,13 +43,22 @@ def test_kept_items_and_exact_drop_counts(curated):
 
 
 def test_category_argument_overrides_main_category():
-    items, _ = cur.read_amazon_meta(FIXTURE, category="Home")
+    items, _ = _read(category="Home")
     assert {it["category"] for it in items} == {"Home"}
 
 
 def test_limit_reads_only_the_first_rows():
-    items, stats = cur.read_amazon_meta(FIXTURE, limit=3)
-    assert stats.read == 3 and len(items) == 1 and dict(stats.dropped) == {"no price": 2}
+    items, report = _read(limit=3)
+    assert report.rows_read == 3 and len(items) == 1 and dict(report.dropped) == {"no price": 2}
+
+
+def test_last_reads_only_the_last_rows_of_the_file(curated):
+    """As for a plain file, `last` counts rows of the file, so `--limit TOTAL-N` and `--last N` never share one."""
+    items, report = _read(last=2)
+    assert report.rows_read == 2 == len(items) + sum(report.dropped.values())
+    assert items == curated[0][-len(items):]
+    first, _ = _read(limit=10)
+    assert not {it["title"] for it in first} & {it["title"] for it in items}
 
 
 def test_part_numbers_are_removed(curated):
@@ -88,8 +103,9 @@ def test_bom_and_crlf_are_tolerated(tmp_path, curated):
     path = tmp_path / "meta.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + FIXTURE.read_text(encoding="utf-8").replace("\n", "\r\n").encode("utf-8")
                      + b"\r\n\r\n")
-    items, stats = cur.read_amazon_meta(path)
-    assert items == curated[0] and stats.to_dict() == curated[1].to_dict()
+    items, report = _read(path)
+    assert items == curated[0] and report.dropped == curated[1].dropped
+    assert report.rows_read == curated[1].rows_read
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -98,8 +114,8 @@ def test_bom_and_crlf_are_tolerated(tmp_path, curated):
     ("abc", (None, "price not a number")), (float("nan"), (None, "price not a number")),
     ("NaN", (None, "price not a number")), (True, (None, "price not a number")),
 ])
-def test_parse_price(value, expected):
-    assert cur.parse_price(value) == expected
+def test_price_from_value(value, expected):
+    assert cur.price_from_value(value) == expected
 
 
 @pytest.mark.parametrize("value, reason", [(0.3, "price out of range"), (1500, "price out of range"),
@@ -119,38 +135,3 @@ def test_curate_row_directly():
     assert cur.curate_amazon_row(dict(raw, price="—")) == (None, "no price")
     assert cur.curate_amazon_row(dict(raw, title=None)) == (None, "no title")
 
-
-SIMPLE = [
-    {"title": "Good lamp", "description": "A lamp.", "category": "Home", "price": 24.0},
-    {"title": "String price", "description": "x", "price": "$1,049.00"},
-    {"title": "Cheap but fine", "description": "x", "price": "12.5"},
-    {"title": "Negative", "description": "x", "price": -3},
-    {"title": "Zero", "description": "x", "price": 0},
-    {"title": "Not a number", "description": "x", "price": "NaN"},
-    {"title": "Text", "description": "x", "price": "ask the seller"},
-    {"title": "Missing price", "description": "x"},
-    {"title": "Too dear", "description": "x", "price": 1200},
-    {"title": "", "description": "no title here", "price": 10},
-]
-SIMPLE_DROPS = {"no price": 1, "price out of range": 4, "price not a number": 2, "no title": 1}
-
-
-def test_read_simple_rows_jsonl(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in SIMPLE) + "{not json\n", encoding="utf-8")
-    items, stats = cur.read_simple_rows(path)
-    assert [(it["title"], it["price"], it["category"]) for it in items] == [("Good lamp", 24.0, "Home"),
-                                                                             ("Cheap but fine", 12.5, "")]
-    assert dict(stats.dropped) == dict(SIMPLE_DROPS, **{"bad json": 1})
-    assert stats.read == len(SIMPLE) + 1 == stats.kept + sum(stats.dropped.values())
-
-
-def test_read_simple_rows_csv(tmp_path):
-    path = tmp_path / "rows.csv"
-    lines = ["title,description,category,price"] + [
-        ",".join(['"' + str(r.get(k, "")).replace('"', '""') + '"' for k in ("title", "description", "category",
-                                                                           "price")]) for r in SIMPLE]
-    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
-    items, stats = cur.read_simple_rows(path)
-    assert [(it["title"], it["price"]) for it in items] == [("Good lamp", 24.0), ("Cheap but fine", 12.5)]
-    assert dict(stats.dropped) == SIMPLE_DROPS and stats.read == len(SIMPLE)

@@ -132,7 +132,7 @@ def test_price_from_text_refuses_an_ambiguous_comma(text):
 
 
 def test_a_european_decimal_is_not_read_as_hundreds(tmp_path):
-    """"9,99" used to become 999.00: a 100x wrong label the range check could not catch."""
+    """Read as thousands, "9,99" would be 999.00: a 100x wrong label the range check could not catch."""
     path = tmp_path / "items.csv"
     path.write_text('title,description,price\nLamp,Bright.,"9,99"\nKettle,Steel.,"$1,299.00"\nMug,Big.,"4,50"\n')
     report = DataReport()
@@ -142,7 +142,23 @@ def test_a_european_decimal_is_not_read_as_hundreds(tmp_path):
 
 
 def test_curation_reads_prices_by_the_same_rule():
-    from apps.price_predictor.curation import REASON_AMBIGUOUS, parse_price
+    from apps.price_predictor.curation import REASON_AMBIGUOUS, price_from_value
 
-    assert parse_price("9,99") == (9.99, None) and parse_price("$1,299.99") == (1299.99, None)
-    assert parse_price("1.299,99") == (None, REASON_AMBIGUOUS)
+    assert price_from_value("9,99") == (9.99, None) and price_from_value("$1,299.99") == (1299.99, None)
+    assert price_from_value("1.299,99") == (None, REASON_AMBIGUOUS)
+
+
+def test_amazon_and_plain_files_count_rows_alike(tmp_path):
+    """Both readers take `limit`/`last` as rows of the file and count every row read as kept or dropped."""
+    from .conftest import ROOT
+
+    plain = tmp_path / "items.jsonl"
+    plain.write_text("".join(json.dumps({"title": t, "description": "d", "price": p}) + "\n"
+                             for t, p in [("A", 10), ("B", -3), ("C", 20), ("D", 5000), ("E", 30)]))
+    amazon = ROOT / "tests" / "fixtures" / "amazon_meta_sample.jsonl"
+    for source, n_rows in ((str(plain), 5), (str(amazon), 12)):
+        for kwargs, n_read in (({}, n_rows), ({"limit": 3}, 3), ({"last": 3}, 3)):
+            report = DataReport()
+            rows = TASK.read(source, report, **kwargs)
+            assert report.rows_read == n_read == len(rows) + sum(report.dropped.values()), (source, kwargs)
+            assert report.files == [source]

@@ -1,11 +1,12 @@
-"""Readers for price data: Amazon Reviews 2023 metadata JSONL, and simple title/description/price rows.
+"""The price rules of the data, and the reader of Amazon Reviews 2023 metadata JSONL.
 
 The Amazon curation follows the Item class of the "LLM Engineering" course (ed-donner):
 
 * the price must parse as a number (floats, or strings such as "$1,299.99"; see price_from_text for commas);
   null, "", "—" and "None" count as "no price"; other text, NaN and booleans as "price not a number", and a
   comma that is neither a thousands separator nor a two-digit decimal comma as "price with an ambiguous comma";
-* only MIN_PRICE <= price <= MAX_PRICE is kept ("price out of range");
+* only MIN_PRICE <= price <= MAX_PRICE is kept ("price out of range"; the same range is applied to plain
+  title/description/price files by the task);
 * the title is required ("no title");
 * the text is the description lines, then the feature lines, then the product details as "Key: value"
   lines without the boilerplate keys in BOILERPLATE_DETAIL_KEYS;
@@ -16,21 +17,19 @@ The Amazon curation follows the Item class of the "LLM Engineering" course (ed-d
 * it is then cut to MAX_WORDS whitespace words and at most MAX_CHARS characters, on a word boundary
   (the course cuts to 160 tokens; about 120 words of product copy is about that many tokens).
 
-Every row read is either kept or counted in CurationStats.dropped under a short reason, never dropped
+Every row read is either kept or counted in the DataReport's `dropped` under a short reason, never dropped
 silently. Output items are {"title", "description", "category", "price"}.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import deque
+from itertools import islice
 from pathlib import Path
 
-from shared.data import Unreadable
+from shared.data import DataReport, Unreadable
 
 MIN_PRICE, MAX_PRICE = 0.5, 999.49
 MIN_CHARS = 300            # scrubbed text shorter than this is dropped ("too little text")
@@ -80,19 +79,6 @@ _PHRASES = re.compile("|".join(re.escape(p) for p in sorted(BOILERPLATE_PHRASES,
 _BOILERPLATE_KEYS = {k.casefold() for k in BOILERPLATE_DETAIL_KEYS}
 
 
-@dataclass
-class CurationStats:
-    read: int = 0                                     # rows (non-blank lines) read
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)  # reason -> rows
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
-
-    def to_dict(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
-
-
 class AmbiguousPrice(Unreadable):
     """A price whose comma could be a thousands separator or a decimal comma ("1.299,99", "12,5")."""
 
@@ -116,9 +102,10 @@ def price_from_text(text: str) -> float:
                          "nor a decimal comma before exactly two digits (9,99); write prices with a decimal point")
 
 
-def parse_price(value) -> tuple[float | None, str | None]:
-    """(price, None), or (None, reason) with reason "no price" or "price not a number". The range is not
-    checked here (see check_price)."""
+def price_from_value(value) -> tuple[float | None, str | None]:
+    """A data file's price value (a number, or text read by price_from_text) -> (price, None), or (None, reason)
+    with reason "no price", "price not a number" or "price with an ambiguous comma". The range is not checked
+    here (see check_price)."""
     if value is None:
         return None, REASON_NO_PRICE
     if isinstance(value, bool):
@@ -142,12 +129,16 @@ def parse_price(value) -> tuple[float | None, str | None]:
     return price, None
 
 
+def in_price_range(price: float) -> bool:
+    return MIN_PRICE <= price <= MAX_PRICE
+
+
 def check_price(value) -> tuple[float | None, str | None]:
-    """parse_price, then MIN_PRICE <= price <= MAX_PRICE (else "price out of range")."""
-    price, reason = parse_price(value)
+    """price_from_value, then the range (else "price out of range")."""
+    price, reason = price_from_value(value)
     if reason:
         return None, reason
-    if not MIN_PRICE <= price <= MAX_PRICE:
+    if not in_price_range(price):
         return None, REASON_OUT_OF_RANGE
     return price, None
 
@@ -228,8 +219,9 @@ def curate_amazon_row(raw: dict, category: str | None = None) -> tuple[dict | No
     return {"title": title, "description": truncate(text), "category": cat, "price": price}, None
 
 
-def _json_lines(path: Path):
-    """Yield (parsed object or None, raw line) for each non-blank line; BOM and CRLF tolerated."""
+def _json_objects(path: Path):
+    """Yield the parsed object, or None for a line that is not a JSON object, for each non-blank line; BOM and
+    CRLF tolerated."""
     with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
         for line in f:
             line = line.strip().lstrip("\ufeff")
@@ -239,62 +231,25 @@ def _json_lines(path: Path):
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 obj = None
-            yield (obj if isinstance(obj, dict) else None), line
+            yield obj if isinstance(obj, dict) else None
 
 
-def read_amazon_meta(path, category: str | None = None, limit: int = 0) -> tuple[list[dict], CurationStats]:
-    """Curated items from an Amazon Reviews 2023 metadata JSONL file. limit: only the first N rows
-    (non-blank lines) of the file; 0 reads all. Blank lines are not rows; a line that is not a JSON object
-    is counted as "bad json"."""
-    items, stats = [], CurationStats()
-    for obj, _ in _json_lines(Path(path)):
-        if limit and stats.read >= limit:
-            break
-        stats.read += 1
-        if obj is None:
-            stats.drop(REASON_BAD_JSON)
-            continue
-        item, reason = curate_amazon_row(obj, category)
+def read_amazon_meta(path, report: DataReport | None = None, category: str | None = None, limit: int = 0,
+                     last: int = 0) -> list[dict]:
+    """Curated items from an Amazon Reviews 2023 metadata JSONL file, counted in `report` as read_rows counts a
+    plain file. limit: only the first N rows (non-blank lines) of the file; last: only the last N rows; 0 reads
+    all. Blank lines are not rows; a line that is not a JSON object is counted as "bad json"."""
+    report = report if report is not None else DataReport()
+    objects = islice(_json_objects(Path(path)), limit or None)
+    if last:  # a bounded queue keeps memory flat on a metadata file of millions of lines
+        objects = deque(objects, maxlen=last)
+    items = []
+    for obj in objects:
+        report.rows_read += 1
+        item, reason = curate_amazon_row(obj, category) if obj is not None else (None, REASON_BAD_JSON)
         if item is None:
-            stats.drop(reason)
+            report.drop(reason)
             continue
-        stats.kept += 1
         items.append(item)
-    return items, stats
-
-
-def _simple_raw_rows(path: Path):
-    if path.suffix.lower() in (".csv", ".tsv"):
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        for row in reader:
-            if any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                yield row
-    else:
-        yield from (obj for obj, _ in _json_lines(path))
-
-
-def read_simple_rows(path) -> tuple[list[dict], CurationStats]:
-    """Rows with title, description, category (optional) and price from JSONL or CSV/TSV. Dropped, by
-    reason: "bad json", "no price" (missing/empty), "price not a number" (text, NaN), "price out of range"
-    (zero, negative, above MAX_PRICE), "no title"."""
-    items, stats = [], CurationStats()
-    for row in _simple_raw_rows(Path(path)):
-        stats.read += 1
-        if row is None:
-            stats.drop(REASON_BAD_JSON)
-            continue
-        price, reason = check_price(row.get("price"))
-        if reason:
-            stats.drop(reason)
-            continue
-        title = str(row.get("title") or "").strip()
-        if not title:
-            stats.drop(REASON_NO_TITLE)
-            continue
-        description = " ".join(_lines(row.get("description"))).strip()
-        items.append({"title": title, "description": description, "category": str(row.get("category") or ""),
-                      "price": price})
-        stats.kept += 1
-    return items, stats
+    report.files.append(str(path))
+    return items

@@ -10,11 +10,11 @@ from shared.chat import ChatFormat
 from shared.data import DataReport, Field, Row, read_rows
 from shared.task import Task
 
-from .curation import price_from_text, read_amazon_meta
+from .curation import (MAX_PRICE, MIN_PRICE, REASON_OUT_OF_RANGE, in_price_range, price_from_text,
+                       read_amazon_meta)
 
 QUESTION = "How much does this cost to the nearest dollar?"
 ANSWER_PREFIX = "Price is $"
-MIN_PRICE, MAX_PRICE = 0.5, 999.49
 HIT_DOLLARS, HIT_FRACTION = 40.0, 0.20
 # The prompt keeps the first 60 words of the description. Real listings put the telling facts (brand, size,
 # material, pack count) first; on the dev data this cuts the mean prompt from 195 to 141 Gemma tokens, so a
@@ -36,7 +36,8 @@ def completion_text(price: float) -> str:
 
 
 def parse_price(text: str) -> float | None:
-    """First number in the answer ('1,299.99', '$12', '12.', 'about 40', '24.00 and'); None if there is none."""
+    """The price in a model's answer: its first number ('1,299.99', '$12', '12.', 'about 40', '24.00 and'); None
+    if there is none. Prices in data files are read by curation.price_from_text and price_from_value."""
     match = _NUMBER.search(text or "")
     if not match:
         return None
@@ -111,20 +112,11 @@ class PriceTask(Task):
     def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
                  drop_duplicates: bool = True) -> list[Row]:
         if looks_like_amazon(source):
-            items, stats = read_amazon_meta(source, limit=limit)
-            items = items[-last:] if last else items
-            report.rows_read += stats.read
-            for reason, count in stats.dropped.items():
-                report.drop(reason, count)
-            report.files.append(source)
+            items = read_amazon_meta(source, report, limit=limit, last=last)
             return [Row(item, source, i + 1) for i, item in enumerate(items)]
         rows = read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
-        kept = []
-        for row in rows:
-            if not MIN_PRICE <= row["price"] <= MAX_PRICE:
-                report.drop(f"price out of range [{MIN_PRICE}, {MAX_PRICE}]")
-                continue
-            kept.append(row)
+        kept = [row for row in rows if in_price_range(row["price"])]
+        report.drop(f"{REASON_OUT_OF_RANGE} [{MIN_PRICE}, {MAX_PRICE}]", len(rows) - len(kept))
         return kept
 
     def prompt_completion(self, row: Row, fmt: ChatFormat) -> tuple[str, str]:

@@ -234,7 +234,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 DEFAULT_SEED, DEFAULT_N = 7, 3600
-MIN_PRICE, MAX_PRICE = 0.5, 999.49
+MIN_PRICE, MAX_PRICE = 0.5, 999.49  # the task's range (apps/price_predictor/curation.py), so no item is dropped
 NOISE_SIGMA = 0.25
 TIER_EFFECT = {"budget": -0.40, "mid": 0.0, "premium": 0.45}
 SPLIT_SHARES = {"train": 0.80, "valid": 0.05, "test": 0.15}
