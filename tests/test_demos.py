@@ -278,7 +278,9 @@ def test_demos_bind_to_loopback_by_default():
     import tomllib
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"]["address"] == "127.0.0.1"  # plain `streamlit run` from the repository root
+    flags = dict(zip(demo.SAFE_FLAGS[::2], demo.SAFE_FLAGS[1::2]))  # python -m apps.<product>.demo, anywhere
+    assert flags["--server.address"] == "127.0.0.1" and flags["--browser.gatherUsageStats"] == "false"
 
 
 # ---------------------------------------------------------------- real browser
