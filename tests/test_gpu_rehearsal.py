@@ -38,6 +38,7 @@ from shared import models
 from shared.config import ConfigError, ModelConfig, resolve
 
 from .conftest import PAIRS, ROOT, write_jsonl
+from .test_backend import FakeFastLanguageModel
 
 FACTS = json.loads((ROOT / "tests" / "fixtures" / "gpu_models.json").read_text(encoding="utf-8"))
 CACHE = Path(os.environ.get("FT_TOKENIZER_CACHE", ROOT / "tests" / ".cache" / "npm"))
@@ -207,7 +208,7 @@ def gpu_models(tmp_path_factory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- a stand-in for Unsloth
 
-class FakeUnsloth:
+class FakeUnsloth(FakeFastLanguageModel):
     """Does what Unsloth's FastLanguageModel does, in plain transformers + PEFT on the CPU: loads its own copy of
     a model it knows (Phi-3 -> Mistral layout), quantizes when asked, and hands target names to PEFT unchecked."""
     copies: ClassVar[dict] = {}
@@ -227,16 +228,6 @@ class FakeUnsloth:
                                                      quantization_config=quant)
         model.max_seq_length = kw["max_seq_length"]  # Unsloth cuts every input to this length
         return model, object()
-
-    @classmethod
-    def get_peft_model(cls, model, **kw):
-        from peft import LoraConfig, get_peft_model
-
-        cls.calls.append(("get_peft_model", kw))
-        torch.manual_seed(kw["random_state"])
-        return get_peft_model(model, LoraConfig(r=kw["r"], lora_alpha=kw["lora_alpha"], bias=kw["bias"],
-                                                lora_dropout=kw["lora_dropout"], target_modules=kw["target_modules"],
-                                                task_type="CAUSAL_LM"))
 
     @classmethod
     def for_inference(cls, model):
