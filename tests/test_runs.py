@@ -220,3 +220,23 @@ def test_price_evaluation_reads_everything_before_generating(tiny_model_dir, tmp
     monkeypatch.setattr(evaluation, "predict_both", lambda *a, **k: pytest.fail("generated before checking"))
     message = cli_error(capsys, lambda: evaluate.main(["--run", str(run)]))
     assert "items.jsonl" in message
+
+
+def test_every_malformed_test_file_stops_evaluate_before_loading(finished, tmp_path, capsys, monkeypatch):
+    """The data-file table of tests/test_validation.py, through `evaluate --data`: exit 2, one line naming the
+    file, no model loaded, the file and the run byte-identical."""
+    from apps.translator import evaluate
+    from shared import evaluation
+
+    from .test_validation import DATA_CASES
+
+    monkeypatch.setattr(evaluation, "load_run", lambda *a, **k: pytest.fail("loaded a model for a bad test file"))
+    before = snapshot(finished)
+    for case, name, content, *_ in DATA_CASES:
+        path = tmp_path / case.replace(" ", "-").replace(":", "").replace(",", "") / name
+        path.parent.mkdir()
+        path.write_bytes(content)
+        message = cli_error(capsys, lambda: evaluate.main(["--run", str(finished), "--data", str(path)]))
+        assert str(path) in message, case
+        assert path.read_bytes() == content, case
+    assert snapshot(finished) == before
