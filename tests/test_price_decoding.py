@@ -23,19 +23,21 @@ def _price_like(model, tok, fmt):
     steps, like a fine-tuned price model's."""
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight * 30)
+        head.weight.copy_(model.lm_head.weight * 10)
         head.bias.zero_()
         for t in [*"0123456789.", fmt.end_of_turn]:
-            head.bias[tok.convert_tokens_to_ids(t)] = 4.0
+            head.bias[tok.convert_tokens_to_ids(t)] = 5.0
     model.lm_head = head
     return model
 
 
-def _hf_beams(model, tok, fmt, prompt: str, width: int, max_new_tokens: int) -> list[tuple[str, float]]:
+def _hf_beams(model, tok, fmt, prompt: str, width: int, max_new_tokens: int,
+              ends: tuple[str, ...] = ()) -> list[tuple[str, float]]:
     enc = tok(prompt, add_special_tokens=False, return_tensors="pt")
+    eos = stop_ids(tok, fmt) + [tok.convert_tokens_to_ids(t) for t in ends]
     out = model.generate(**enc, num_beams=width, num_return_sequences=width, length_penalty=0.0,
                          early_stopping=False, do_sample=False, max_new_tokens=max_new_tokens,
-                         eos_token_id=stop_ids(tok, fmt), pad_token_id=tok.pad_token_id, temperature=None,
+                         eos_token_id=eos, pad_token_id=tok.pad_token_id, temperature=None,
                          top_p=None, top_k=None, output_scores=True, return_dict_in_generate=True)
     texts = tok.batch_decode(out.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [(t.strip(), s) for t, s in zip(texts, out.sequences_scores.tolist())]
@@ -57,18 +59,20 @@ def _count_prefill_rows(model):
     return rows, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-@pytest.mark.parametrize("shape", ["random", "price-like"])
+@pytest.mark.parametrize("shape, ends", [("random", ()), ("price-like", ()), ("price-like", (".",))])
 @pytest.mark.parametrize("width", [2, 4])
-def test_same_answers_and_scores_as_hf_beam_search(tiny_model_cfg, shape, width):
+def test_same_answers_and_scores_as_hf_beam_search(tiny_model_cfg, shape, ends, width):
     model, tok, fmt = _load(tiny_model_cfg)
     if shape == "price-like":
         model = _price_like(model, tok, fmt)
-    ours = candidates(model, tok, fmt, PROMPTS, n=width, max_new_tokens=7, batch_size=4)
+    ours = candidates(model, tok, fmt, PROMPTS, n=width, max_new_tokens=7, batch_size=4, ends=ends)
     for prompt, found in zip(PROMPTS, ours):
         assert len(found) == width
-        _assert_same(found, _hf_beams(model, tok, fmt, prompt, width, 7))
-    if shape == "price-like":  # answers that end on the end token, at different lengths, in the same batch
+        _assert_same(found, _hf_beams(model, tok, fmt, prompt, width, 7, ends))
+    if shape == "price-like":  # answers that end on an end token, at different lengths, in the same batch
         assert len({len(t) for found in ours for t, _ in found}) > 2
+    if ends:
+        assert any(t.endswith(".") for found in ours for t, _ in found)
 
 
 def test_batch_size_changes_nothing(tiny_model_cfg):
