@@ -19,8 +19,16 @@ SHORTCUTS = {"model": "model.name", "backend": "model.backend", "data": "data.tr
              "max_steps": "train.max_steps", "epochs": "train.epochs", "limit": "data.limit"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage mistake reported like every other error: one line, exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def train_parser(task: Task) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=task.command("train"),
         description=f"Fine-tune the {task.name} with LoRA/QLoRA. Any config key can be set as --section.field "
                     "VALUE or --set section.field=VALUE (precedence: defaults < YAML < command line).",
@@ -47,7 +55,7 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
 
 def run_parser(task: Task, prog: str, doc: str) -> argparse.ArgumentParser:
     """The options every command that uses a trained run shares: which run, and where runs live."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
     p.add_argument("--runs-root", help=f"where runs live, for --run latest (default: ${runs.RUNS_ENV}, else ./runs)")
     return p

@@ -35,7 +35,9 @@ from .config import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.export", description=__doc__.split("\n\n")[0],
+    from .cli import Parser
+
+    p = Parser(prog="python -m shared.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder with a finished adapter/ (or 'latest' with --product)")
     p.add_argument("--product", help="with --run latest: the product whose latest run to export (the name of its "

@@ -371,31 +371,26 @@ def finished_runs(root: Path, product: str) -> list[Path]:
 
 class RunLock:
     """An exclusive lock on a run folder for the duration of a training: a second training into the same
-    folder stops at once instead of mixing checkpoints. The kernel drops it when the process dies."""
+    folder stops at once instead of mixing checkpoints. The lock is taken on the folder itself (flock on its
+    descriptor), so checking it writes nothing, and the kernel drops it when the process dies."""
 
     def __init__(self, path: Path):
-        self.file = path / ".lock"
-        self.handle = None
+        self.path = Path(path)
+        self.fd = None
 
     def __enter__(self):
-        self.handle = self.file.open("a+")
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "?"
-            self.handle.close()
-            raise ConfigError(f"run folder {self.file.parent} is in use by another training (pid {holder}); "
-                              "wait for it to end, or pick another --output-dir") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
+            os.close(self.fd)
+            raise ConfigError(f"run folder {self.path} is in use by another training; wait for it to end, or "
+                              "pick another --output-dir") from None
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 def claim(path: Path, product: str, resume: bool, overwrite: bool, commands: dict) -> Run | None:

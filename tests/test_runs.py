@@ -111,16 +111,18 @@ def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path):
 
 
 def test_a_locked_run_folder_refuses_a_second_training(finished):
+    before = snapshot(finished)
     with runs.RunLock(finished):
-        handle = (finished / ".lock").open("a+")
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.close()
+        fd = os.open(finished, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # another process's view: the folder is locked
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
         with pytest.raises(ConfigError, match="in use by another training"):
             with runs.RunLock(finished):
                 pass
     with runs.RunLock(finished):  # released when the first training ends
         pass
+    assert snapshot(finished) == before  # locking writes nothing
 
 
 # ---------------------------------------------------------------- damaged run records
