@@ -242,3 +242,28 @@ def test_every_malformed_test_file_stops_evaluate_before_loading(finished, tmp_p
         assert str(path) in message, case
         assert path.read_bytes() == content, case
     assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_translate_streams_exits_cleanly(finished, signum, code):
+    """Ctrl-C or SIGTERM while the generating thread streams: exit 130 / 143 with one line, not an abort."""
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    launcher = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                f"sys.argv = ['translate', '--run', {str(finished)!r}]; "
+                "runpy.run_module('apps.translator.translate', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc.stdin.write("Where is the station?\n" * 2000)
+    proc.stdin.close()
+    assert proc.stdout.readline()  # streaming has started
+    proc.send_signal(signal.Signals(signum))
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == code, err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert err.strip().splitlines()[-1] == f"stopped ({'Ctrl-C' if code == 130 else 'SIGTERM'})"
