@@ -115,3 +115,31 @@ def test_shipped_accelerate_configs_load(name):
         ds = json.loads((ROOT / cfg.deepspeed_config["deepspeed_config_file"]).read_text())
         assert ds["zero_optimization"]["stage"] == int(name[-1])
         assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled by the Trainer from the run config
+
+
+def test_trainer_arguments_exist_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    """Under DeepSpeed ZeRO-3, transformers partitions the weights while loading only when the Trainer's
+    arguments (which register the DeepSpeed config) already exist; otherwise every process loads the whole
+    model. The run therefore builds them first and keeps them alive through the load."""
+    from shared import models
+    from shared import train as train_module
+
+    made = []
+    real_args, real_load = train_module.sft_config, models.load
+
+    def sft_config(*args, **kwargs):
+        made.append(real_args(*args, **kwargs))
+        return made[-1]
+
+    def load(*args, **kwargs):
+        assert made, "the model loaded before the Trainer's arguments existed"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sft_config", sft_config)
+    monkeypatch.setattr(models, "load", load)
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
+    flat = {"model.name": str(tiny_model_dir), "model.chat_template": "chatml", "model.dtype": "float32",
+            "data.train": str(data), "data.valid": str(data), "train.max_steps": 1, "train.batch_size": 4,
+            "train.bf16": "false", "lora.r": 4, "lora.target_modules": ["q_proj"]}
+    train_module.train(TASK, resolve(cli=flat), tmp_path / "run", "test")
+    assert len(made) == 1
