@@ -162,3 +162,118 @@ def test_amazon_and_plain_files_count_rows_alike(tmp_path):
             rows = TASK.read(source, report, **kwargs)
             assert report.rows_read == n_read == len(rows) + sum(report.dropped.values()), (source, kwargs)
             assert report.files == [source]
+
+
+# ---------------------------------------------------------------- the ensemble: fine-tuned model + TF-IDF ridge
+
+def _synthetic(n: int, intercept: float, w_llm: float, w_ridge: float, seed: int = 0):
+    """(llm, ridge, truth) where log1p(truth) is exactly the blend of the two estimates' log1p."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    llm = [math.expm1(rng.uniform(1, 6)) for _ in range(n)]
+    ridge = [math.expm1(rng.uniform(1, 6)) for _ in range(n)]
+    truth = [math.expm1(intercept + w_llm * math.log1p(a) + w_ridge * math.log1p(b)) for a, b in zip(llm, ridge)]
+    return llm, ridge, truth
+
+
+def test_ensemble_recovers_the_weights_and_keeps_them_non_negative():
+    from apps.price_predictor import ensemble
+
+    llm, ridge, truth = _synthetic(60, 0.3, 0.6, 0.35)
+    fitted = ensemble.fit(llm, ridge, truth)
+    assert (fitted.intercept, fitted.llm, fitted.ridge) == pytest.approx((0.3, 0.6, 0.35), abs=1e-4)
+    assert fitted.fitted_on == 60
+    assert fitted.predict(llm[:5], ridge[:5]) == pytest.approx(truth[:5], rel=1e-3)
+    # a ridge estimate that only hurts gets weight 0, not a negative one
+    llm, ridge, truth = _synthetic(60, 0.0, 1.0, -0.3, seed=1)
+    assert ensemble.fit(llm, ridge, truth).ridge == 0.0
+
+
+def test_ensemble_falls_back_to_the_ridge_estimate_without_an_llm_price():
+    from apps.price_predictor import ensemble
+
+    llm, ridge, truth = _synthetic(30, 0.1, 0.7, 0.3)
+    with_gaps = [None if i % 3 == 0 else x for i, x in enumerate(llm)]
+    fitted = ensemble.fit(with_gaps, ridge, truth)  # unparsed validation answers are left out of the fit
+    assert fitted.fitted_on == 20 and fitted.llm == pytest.approx(0.7, abs=1e-4)
+    assert fitted.predict([None, 50.0], [42.5, 50.0])[0] == 42.5
+    assert fitted.predict([1e9], [1e9]) == [999.49]  # never outside the prices the task accepts
+    with pytest.raises(ValueError, match="at least 10"):
+        ensemble.fit([None] * 30, ridge, truth)
+
+
+def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch):
+    """The evaluate wiring with a stand-in for the model: validation rows are read and the ridge fitted before any
+    generation; the fine-tuned estimates on the validation rows fit the blend; the test rows are scored with it
+    (an unparsed answer taking the ridge estimate), written to metrics.json and named in the demo's table."""
+    import dataclasses
+    import math
+    import random
+
+    from apps.price_predictor import evaluate as price_eval
+    from apps.price_predictor.report import metric_rows
+    from shared import evaluation, runs
+    from shared.config import resolve
+
+    from .conftest import write_jsonl
+
+    rng = random.Random(0)
+    sizes = {"small": 15.0, "medium": 60.0, "large": 240.0}
+
+    def items(name, n):
+        out = []
+        for i in range(n):
+            size, kind = rng.choice(list(sizes)), rng.choice(["kettle", "lamp", "chair"])
+            out.append({"title": f"{size} {kind} {name} {i}", "description": f"A {size} {kind}.",
+                        "price": round(sizes[size] * rng.uniform(0.8, 1.25), 2)})
+        return out
+
+    files = {name: write_jsonl(tmp_path / f"{name}.jsonl", items(name, n))
+             for name, n in (("train", 60), ("valid", 24), ("test", 12))}
+    flat = {"data.train": str(files["train"]), "data.valid": str(files["valid"]), "data.test": str(files["test"])}
+    run = runs.Run.create(tmp_path / "run", "price_predictor", dataclasses.asdict(resolve(cli=flat)), {},
+                          status="completed")
+    run.save()
+    (run.path / "adapter").mkdir()
+    (run.path / "adapter" / "adapter_config.json").write_text("{}")
+    prices = {}  # prompt -> (true price, unparsed): the stand-in answers 10% high, and nothing for item 3
+    for name in files:
+        for r in TASK.read(str(files[name]), DataReport(), drop_duplicates=False):
+            prices[TASK.inference_prompt(r, get_format("chatml"))] = (r["price"], r["title"].endswith(" 3"))
+    order = []
+    real_ridge = price_eval.fit_text_ridge
+    monkeypatch.setattr(price_eval, "fit_text_ridge", lambda rows: order.append("ridge") or real_ridge(rows))
+
+    def answer(prompt):
+        price, unparsed = prices[prompt]
+        return "n/a" if unparsed else f"{price * 1.1:.2f}"
+
+    def generate(model, tokenizer, fmt, prompts, gen, budgets=None, progress=None):
+        order.append(f"generate {len(prompts)}")
+        return [answer(p) for p in prompts]
+
+    def predict_both(task, plan, with_base=True, extra=None, **overrides):
+        fmt = get_format("chatml")
+        prompts = [task.inference_prompt(r, fmt) for r in plan.rows]
+        tuned = generate(None, None, fmt, prompts, None)
+        return evaluation.Predictions(plan.run, plan.source, plan.rows, tuned, None, {}, {}, plan.cfg,
+                                      extra(None, None, fmt, prompts))
+
+    monkeypatch.setattr(price_eval, "generate", generate)
+    monkeypatch.setattr(price_eval.evaluation, "predict_both", predict_both)
+    metrics = price_eval.evaluate(str(run.path), with_base=False)
+    assert order == ["ridge", "generate 12", "generate 24"]  # fitted before generation; validation rows after test
+    ens = metrics["ensemble"]
+    assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == "greedy"
+    assert ens["weights"]["fitted_on"] == 23  # item 3 of the validation rows gave no price
+    # the stand-in is always 10% high: the blend takes it alone and removes the bias
+    assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02) and ens["weights"]["ridge"] < 0.02
+    assert ens["mae"] < metrics["finetuned"]["mae"]
+    saved = json.loads((run.path / "eval" / "test" / "metrics.json").read_text())
+    assert "ensemble: fine-tuned + TF-IDF ridge" in metric_rows(saved)
+    rows = [json.loads(line) for line in (run.path / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    fallback = [r for r in rows if r["finetuned"] is None]
+    assert len(fallback) == 1 and fallback[0]["ensemble"] == fallback[0]["ridge"]
+    assert ens["ridge_fallbacks"] == 1 and math.isfinite(ens["mae"])

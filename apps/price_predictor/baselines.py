@@ -22,18 +22,27 @@ def text_of(row) -> str:
     return f"{row['title']}\n{row['description']}"
 
 
-def run_baselines(train_rows, test_rows) -> dict[str, dict]:
+def fit_text_ridge(train_rows):
+    """TF-IDF (word 1-2-grams) + ridge regression on log price, fitted on train_rows; returns rows -> prices."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import Ridge
 
-    truth = [r["price"] for r in test_rows]
-    mean = sum(r["price"] for r in train_rows) / len(train_rows)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True)
     x_train = vectorizer.fit_transform([text_of(r) for r in train_rows])
     model = Ridge(alpha=1.0).fit(x_train, [math.log1p(r["price"]) for r in train_rows])
-    predicted = [math.expm1(v) for v in model.predict(vectorizer.transform([text_of(r) for r in test_rows]))]
+
+    def predict(rows) -> list[float]:
+        return [math.expm1(v) for v in model.predict(vectorizer.transform([text_of(r) for r in rows]))]
+    return predict
+
+
+def run_baselines(train_rows, test_rows, ridge=None) -> dict[str, dict]:
+    """Both baselines scored on test_rows; ridge: a fitted fit_text_ridge(train_rows), to reuse one."""
+    truth = [r["price"] for r in test_rows]
+    mean = sum(r["price"] for r in train_rows) / len(train_rows)
+    ridge = ridge or fit_text_ridge(train_rows)
     return {"constant (train mean)": price_metrics(truth, [mean] * len(truth)),
-            "tf-idf + ridge": price_metrics(truth, predicted)}
+            "tf-idf + ridge": price_metrics(truth, ridge(test_rows))}
 
 
 def main(argv=None):

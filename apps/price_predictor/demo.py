@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from apps.price_predictor.report import metric_rows
 from apps.price_predictor.task import (
     DESCRIPTION_WORDS,
     MAX_DESCRIPTION_CHARS,
@@ -64,12 +65,7 @@ def page():
 
     st.subheader("Run metrics")
     if metrics:
-        table = dict(metrics.get("baselines", {}))
-        if "base" in metrics:
-            table["base model"] = metrics["base"]
-        table["fine-tuned"] = metrics["finetuned"]
-        if "finetuned_median" in metrics:
-            table[f"fine-tuned, {metrics['finetuned_median']['beams']}-beam median"] = metrics["finetuned_median"]
+        table = metric_rows(metrics)
         st.dataframe(pd.DataFrame([{"model": name, "MAE $": m["mae"], "RMSLE": m["rmsle"], "hit rate": m["hit_rate"],
                                     "n": m["n"], "unparsed": m["unparsed"]} for name, m in table.items()]),
                      hide_index=True, column_config={"hit rate": st.column_config.NumberColumn(format="percent")})

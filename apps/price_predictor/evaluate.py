@@ -1,46 +1,84 @@
 """Score base and fine-tuned price predictions on the same items (MAE, RMSLE, hit rate) with a scatter plot.
 
     python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
-    ... --beams 8    also score the fine-tuned model's weighted median over its 8 likeliest answers
+    ... --beams 8       also score the weighted median over the fine-tuned model's 8 likeliest prices
+    ... --no-ensemble   skip the blend of the fine-tuned model with the TF-IDF ridge baseline
+The blend ("ensemble: fine-tuned + TF-IDF ridge") is fitted on the run's validation rows (its data.valid file, or
+the rows training held out) and scored on the test rows; it uses the median when --beams is given, else greedy.
 Writes <run>/eval/<name>/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit),
 where <name> is "test" for the run's own test file and the file's name otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
+import time
+
 from shared import evaluation
 from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 from shared.data import DataReport
-from shared.generate import candidates
+from shared.generate import candidates, generate
+from shared.log import log
 from shared.train import read_splits
 
-from .baselines import run_baselines
-from .report import scatter, table
+from . import ensemble as blend
+from .baselines import fit_text_ridge, run_baselines
+from .report import metric_rows, scatter, table
 from .task import TASK, is_hit, median_price, parse_price, price_metrics
+
+# The number ends at its '.': the search stops there instead of spelling out the certain '00' and end token.
+PRICE_ENDS = (".",)
+SEARCH_BATCH = 8  # prompts per search batch: each becomes `beams` rows after the prefill
 
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
-             beams: int = 0, runs_root: str | None = None, **decoding) -> dict:
+             beams: int = 0, ensemble: bool = True, runs_root: str | None = None, **decoding) -> dict:
     plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
-    # The baselines are fitted on the run's own training rows: read them now, before minutes of generation.
-    train_rows, _ = read_splits(plan.cfg, TASK, DataReport())
+    # Everything else the scores need is read and fitted now, before minutes of generation: the baselines train
+    # on the run's own training rows, the ensemble is fitted on its validation rows.
+    train_rows, valid_rows = read_splits(plan.cfg, TASK, DataReport())
+    ridge = fit_text_ridge(train_rows)
+    if ensemble and len(valid_rows) < blend.MIN_ITEMS:
+        log(f"no ensemble: the run has {len(valid_rows)} validation rows (at least {blend.MIN_ITEMS} needed)")
+        ensemble = False
+    valid_rows = valid_rows if ensemble else []
+    gen = dataclasses.replace(plan.cfg.generate, **{k: v for k, v in decoding.items() if v})
+    timings: dict = {}
 
-    def beam_candidates(model, tokenizer, fmt, prompts):
-        return candidates(model, tokenizer, fmt, prompts, beams, TASK.answer_budget(None, tokenizer),
-                          progress=f"{beams} beams")
+    def estimates(model, tokenizer, fmt, prompts, progress: str, timing: str):
+        """The fine-tuned model's price per prompt: the weighted median of its `beams` likeliest, or greedy."""
+        t0 = time.time()
+        if beams > 1:
+            found = candidates(model, tokenizer, fmt, prompts, beams, TASK.answer_budget(None, tokenizer),
+                               batch_size=SEARCH_BATCH, progress=progress, ends=PRICE_ENDS)
+            prices = [median_price(c) for c in found]
+        else:
+            prices = [parse_price(a) for a in generate(model, tokenizer, fmt, prompts, gen, progress=progress)]
+        timings[timing] = round(time.time() - t0, 1)
+        return prices
 
-    p = evaluation.predict_both(TASK, plan, with_base, extra=beam_candidates if beams > 1 else None, **decoding)
+    def extra(model, tokenizer, fmt, prompts):
+        medians = estimates(model, tokenizer, fmt, prompts, f"{beams}-beam median", "median_s") if beams > 1 else None
+        valid = (estimates(model, tokenizer, fmt, [TASK.inference_prompt(r, fmt) for r in valid_rows],
+                           "validation (ensemble)", "ensemble_validation_s") if valid_rows else None)
+        return medians, valid
+
+    p = evaluation.predict_both(TASK, plan, with_base, extra=extra if beams > 1 or valid_rows else None, **decoding)
+    medians, valid_llm = p.extra or (None, None)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
-    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": {**p.timings, **timings},
                "finetuned": price_metrics(truth, tuned)}
-    medians = [median_price(c) for c in p.extra] if p.extra is not None else None
     if medians is not None:
         metrics["finetuned_median"] = {**price_metrics(truth, medians), "beams": beams}
     base = [None] * len(truth)
     if p.base is not None:
         base = [parse_price(x) for x in p.base]
         metrics["base"] = price_metrics(truth, base)
-    metrics["baselines"] = run_baselines(train_rows, p.rows)
+    test_ridge = ridge(p.rows)
+    metrics["baselines"] = run_baselines(train_rows, p.rows, ridge)
+    llm = medians if medians is not None else tuned
+    blended = _ensemble(metrics, truth, llm, test_ridge, valid_llm, valid_rows, ridge,
+                        f"median of {beams} beams" if medians is not None else "greedy")
     predictions = [{"line": r.line, "title": r["title"], "category": r.values.get("category") or "",
                     "price": t, "finetuned_answer": ft_raw, "finetuned": ft,
                     "finetuned_hit": ft is not None and is_hit(t, ft),
@@ -49,16 +87,19 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
                                                          p.base or [None] * len(truth), base)]
     for row, median in zip(predictions, medians or []):
         row["finetuned_median"] = median
+    for row, value, ridge_value in zip(predictions, blended or [], test_ridge):
+        row["ridge"], row["ensemble"] = round(ridge_value, 2), round(value, 2)
     summary = {k: {"mae": metrics[k]["mae"], "hit_rate": metrics[k]["hit_rate"]}
-               for k in ("base", "finetuned", "finetuned_median") if k in metrics}
+               for k in ("base", "finetuned", "finetuned_median", "ensemble") if k in metrics}
     out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
-    shown = {"base model": metrics["base"]} if "base" in metrics else {}
-    shown["fine-tuned"] = metrics["finetuned"]
-    if medians is not None:
-        shown[f"fine-tuned, {beams}-beam median"] = metrics["finetuned_median"]
-    print(table({**metrics["baselines"], **shown}))
+    print(table(metric_rows(metrics)))
+    if "ensemble" in metrics:
+        w = metrics["ensemble"]["weights"]
+        print(f"ensemble: log1p(price) = {w['intercept']:.3f} + {w['llm']:.3f} x log1p(fine-tuned, "
+              f"{metrics['ensemble']['llm']}) + {w['ridge']:.3f} x log1p(ridge), fitted on {w['fitted_on']} "
+              "validation items")
     unparsed = [x for x in predictions if x["finetuned"] is None][:5]
     for x in unparsed:
         print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")
@@ -66,17 +107,36 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     return metrics
 
 
+def _ensemble(metrics, truth, llm, test_ridge, valid_llm, valid_rows, ridge, source: str) -> list[float] | None:
+    """Fit the blend on the validation rows and score it on the test rows (into metrics); the blended prices."""
+    if valid_llm is None:
+        return None
+    try:
+        fitted = blend.fit(valid_llm, ridge(valid_rows), [r["price"] for r in valid_rows])
+    except ValueError as e:  # too few parsed validation answers: the other rows still stand
+        log(f"no ensemble: {e}")
+        return None
+    blended = fitted.predict(llm, test_ridge)
+    metrics["ensemble"] = {**price_metrics(truth, blended), "weights": dataclasses.asdict(fitted), "llm": source,
+                           "ridge_fallbacks": sum(x is None for x in llm)}
+    return blended
+
+
 def main(argv=None):
     parser = eval_parser(TASK, __doc__)
     parser.add_argument("--beams", type=int, default=0,
-                        help="also score the weighted median of the fine-tuned model's N likeliest answers (beam "
-                             "search); 0 = greedy only")
+                        help="also score the weighted median of the fine-tuned model's N likeliest prices (a beam "
+                             "search that reads each prompt once); 0 = greedy only")
+    parser.add_argument("--no-ensemble", action="store_true",
+                        help="skip the ensemble (fine-tuned + TF-IDF ridge), which generates on the run's "
+                             "validation rows too")
     args = parser.parse_args(argv)
 
     def work():
         check_counts(args)
         evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base,
-                 beams=args.beams, runs_root=args.runs_root, **decoding_overrides(args))
+                 beams=args.beams, ensemble=not args.no_ensemble, runs_root=args.runs_root,
+                 **decoding_overrides(args))
 
     run_cli(work)
 

@@ -3,13 +3,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .ensemble import NAME as ENSEMBLE
 from .task import HIT_DOLLARS, HIT_FRACTION, is_hit
 
 
+def metric_rows(metrics: dict) -> dict[str, dict]:
+    """The rows of an evaluation's metrics.json in table order, named as the evaluation prints them and the
+    demo shows them: baselines, base model, fine-tuned (greedy), the beam median, the ensemble."""
+    rows = dict(metrics.get("baselines", {}))
+    if "base" in metrics:
+        rows["base model"] = metrics["base"]
+    rows["fine-tuned"] = metrics["finetuned"]
+    if "finetuned_median" in metrics:
+        rows[f"fine-tuned, {metrics['finetuned_median']['beams']}-beam median"] = metrics["finetuned_median"]
+    if "ensemble" in metrics:
+        rows[ENSEMBLE] = metrics["ensemble"]
+    return rows
+
+
 def table(results: dict[str, dict]) -> str:
-    lines = [f"{'model':<27} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
+    lines = [f"{'model':<36} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
     for name, m in results.items():
-        lines.append(f"{name:<27} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
+        lines.append(f"{name:<36} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
                      f"{m['unparsed']:>9}")
     lines.append(f"hit = error under ${HIT_DOLLARS:.0f} or under {HIT_FRACTION:.0%} of the true price; "
                  "an unparsed answer counts as $0")
