@@ -204,7 +204,8 @@ def test_ensemble_falls_back_to_the_ridge_estimate_without_an_llm_price():
         ensemble.fit([None] * 30, ridge, truth)
 
 
-def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("beams", [0, 8])
+def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch, beams):
     """The evaluate wiring with a stand-in for the model: validation rows are read and the ridge fitted before any
     generation; the fine-tuned estimates on the validation rows fit the blend; the test rows are scored with it
     (an unparsed answer taking the ridge estimate), written to metrics.json and named in the demo's table."""
@@ -254,6 +255,10 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         order.append(f"generate {len(prompts)}")
         return [answer(p) for p in prompts]
 
+    def candidates(model, tokenizer, fmt, prompts, n, max_new_tokens, batch_size=8, progress=None, ends=()):
+        order.append(f"search {len(prompts)}")
+        return [[(answer(p), -0.1), (answer(p), -3.0)] for p in prompts]
+
     def predict_both(task, plan, with_base=True, extra=None, **overrides):
         fmt = get_format("chatml")
         prompts = [task.inference_prompt(r, fmt) for r in plan.rows]
@@ -262,11 +267,14 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
                                       extra(None, None, fmt, prompts))
 
     monkeypatch.setattr(price_eval, "generate", generate)
+    monkeypatch.setattr(price_eval, "candidates", candidates)
     monkeypatch.setattr(price_eval.evaluation, "predict_both", predict_both)
-    metrics = price_eval.evaluate(str(run.path), with_base=False)
-    assert order == ["ridge", "generate 12", "generate 24"]  # fitted before generation; validation rows after test
+    metrics = price_eval.evaluate(str(run.path), with_base=False, beams=beams)
+    # the ridge is fitted before any generation; the validation rows go through the estimator the blend uses
+    searched = ["search 12", "search 24"] if beams else ["generate 24"]
+    assert order == ["ridge", "generate 12", *searched]
     ens = metrics["ensemble"]
-    assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == "greedy"
+    assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("median of 8 beams" if beams else "greedy")
     assert ens["weights"]["fitted_on"] == 23  # item 3 of the validation rows gave no price
     # the stand-in is always 10% high: the blend takes it alone and removes the bias
     assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02) and ens["weights"]["ridge"] < 0.02
