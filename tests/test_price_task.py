@@ -280,8 +280,20 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02) and ens["weights"]["ridge"] < 0.02
     assert ens["mae"] < metrics["finetuned"]["mae"]
     saved = json.loads((run.path / "eval" / "test" / "metrics.json").read_text())
-    assert "ensemble: fine-tuned + TF-IDF ridge" in metric_rows(saved)
+    shown = list(metric_rows(saved))
+    assert shown[-1] == "ensemble: fine-tuned + TF-IDF ridge"
+    assert ("fine-tuned, 8-beam mean" in shown) == bool(beams)
     rows = [json.loads(line) for line in (run.path / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     fallback = [r for r in rows if r["finetuned"] is None]
     assert len(fallback) == 1 and fallback[0]["ensemble"] == fallback[0]["ridge"]
     assert ens["ridge_fallbacks"] == 1 and math.isfinite(ens["mae"])
+
+
+def test_mean_price_weighs_the_candidates():
+    from math import log
+
+    from apps.price_predictor.evaluate import mean_price
+
+    cands = [("20.", log(0.40)), ("30.", log(0.35)), ("90.", log(0.25)), ("n/a", 0.0)]
+    assert mean_price(cands) == pytest.approx(0.40 * 20 + 0.35 * 30 + 0.25 * 90)  # unparsed answers carry no vote
+    assert mean_price([("abc", 0.0)]) is None and mean_price([]) is None

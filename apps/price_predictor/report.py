@@ -9,13 +9,15 @@ from .task import HIT_DOLLARS, HIT_FRACTION, is_hit
 
 def metric_rows(metrics: dict) -> dict[str, dict]:
     """The rows of an evaluation's metrics.json in table order, named as the evaluation prints them and the
-    demo shows them: baselines, base model, fine-tuned (greedy), the beam median, the ensemble."""
+    demo shows them: baselines, base model, fine-tuned (greedy), the beam median and mean, the ensemble."""
     rows = dict(metrics.get("baselines", {}))
     if "base" in metrics:
         rows["base model"] = metrics["base"]
     rows["fine-tuned"] = metrics["finetuned"]
     if "finetuned_median" in metrics:
         rows[f"fine-tuned, {metrics['finetuned_median']['beams']}-beam median"] = metrics["finetuned_median"]
+    if "finetuned_mean" in metrics:
+        rows[f"fine-tuned, {metrics['finetuned_mean']['beams']}-beam mean"] = metrics["finetuned_mean"]
     if "ensemble" in metrics:
         rows[ENSEMBLE] = metrics["ensemble"]
     return rows
