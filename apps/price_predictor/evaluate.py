@@ -1,12 +1,13 @@
 """Score base and fine-tuned price predictions on the same items (MAE, RMSLE, hit rate) with a scatter plot.
 
     python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
-    ... --beams 16      the weighted median over the fine-tuned model's 16 likeliest prices (default 8; 0 = off)
+    ... --beams 16      the weighted median and mean over the fine-tuned model's 16 likeliest prices (default 8)
     ... --no-ensemble   skip the blend of the fine-tuned model with the TF-IDF ridge baseline
 Rows: the two baselines, the base model, the fine-tuned model decoded greedily, the fine-tuned model's weighted
-median price over its N likeliest (a beam search that reads each prompt once and stops at the price's '.':
-about the cost of greedy decoding), and the ensemble ("ensemble: fine-tuned + TF-IDF ridge"), fitted on the
-run's validation rows (its data.valid file, or the rows training held out) and scored on the test rows.
+median and mean price over its N likeliest (a beam search that reads each prompt once and stops at the price's
+'.': about the cost of greedy decoding; --beams 0 skips it), and the ensemble ("ensemble: fine-tuned + TF-IDF
+ridge"), fitted on the run's validation rows (its data.valid file, or the rows training held out) and scored on
+the test rows.
 Writes <run>/eval/<name>/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit),
 where <name> is "test" for the run's own test file and the file's name otherwise.
 """
@@ -153,9 +154,9 @@ def _ensemble(metrics, truth, llm, test_ridge, valid_llm, valid_rows, ridge, sou
 def main(argv=None):
     parser = eval_parser(TASK, __doc__)
     parser.add_argument("--beams", type=int, default=BEAMS,
-                        help=f"also score the weighted median of the fine-tuned model's N likeliest prices (beam "
-                             f"search, each prompt read once; about the cost of greedy); 0 = greedy only "
-                             f"(default {BEAMS})")
+                        help=f"also score the weighted median and mean of the fine-tuned model's N likeliest "
+                             f"prices (beam search, each prompt read once; about the cost of greedy); 0 = greedy "
+                             f"only (default {BEAMS})")
     parser.add_argument("--no-ensemble", action="store_true",
                         help="skip the ensemble (fine-tuned + TF-IDF ridge), which generates on the run's "
                              "validation rows too")
