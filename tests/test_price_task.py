@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from apps.price_predictor.task import (TASK, completion_text, is_hit, item_row, parse_price, price_metrics,
-                                       prompt_text)
+from apps.price_predictor.task import (
+    TASK,
+    completion_text,
+    is_hit,
+    item_row,
+    parse_price,
+    price_metrics,
+    prompt_text,
+)
 from shared.chat import get_format
 from shared.config import ConfigError
 from shared.data import DataReport, Row
@@ -292,8 +299,27 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
 def test_mean_price_weighs_the_candidates():
     from math import log
 
-    from apps.price_predictor.evaluate import mean_price
+    from apps.price_predictor.task import mean_price
 
     cands = [("20.", log(0.40)), ("30.", log(0.35)), ("90.", log(0.25)), ("n/a", 0.0)]
     assert mean_price(cands) == pytest.approx(0.40 * 20 + 0.35 * 30 + 0.25 * 90)  # unparsed answers carry no vote
     assert mean_price([("abc", 0.0)]) is None and mean_price([]) is None
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"title": "Kettle", "description": "Steel.", "price": 30}], "at least 2 training items"),
+    ([{"title": "Kettle", "description": "Steel.", "price": -1}] * 3, "at least 2 training items"),
+])
+def test_baselines_on_too_little_data_are_one_line(tmp_path, capsys, rows, message):
+    from apps.price_predictor import baselines
+
+    from .conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "items.jsonl", rows)
+    with pytest.raises(SystemExit) as e:
+        baselines.main(["--data", str(data), "--test", str(data)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and message in err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit):
+        baselines.main(["--data", str(data), "--holdout-last", "5"])
+    assert "--holdout-last 5" in capsys.readouterr().err

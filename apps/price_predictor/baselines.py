@@ -9,7 +9,8 @@ import argparse
 import json
 import math
 
-from shared.cli import run_cli
+from shared.cli import Parser, run_cli
+from shared.config import ConfigError
 from shared.data import DataReport, read_raw
 
 from .report import table
@@ -27,7 +28,12 @@ def fit_text_ridge(train_rows):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import Ridge
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True)
+    if len(train_rows) < 2:
+        raise ConfigError(f"the text baseline needs at least 2 training items with a usable price; got "
+                          f"{len(train_rows)}")
+    # min_df 2 drops one-off words (noise) on real data; a handful of rows has few repeated words at all
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train_rows) >= 20 else 1,
+                                 max_features=50_000, sublinear_tf=True)
     x_train = vectorizer.fit_transform([text_of(r) for r in train_rows])
     model = Ridge(alpha=1.0).fit(x_train, [math.log1p(r["price"]) for r in train_rows])
 
@@ -38,16 +44,16 @@ def fit_text_ridge(train_rows):
 
 def run_baselines(train_rows, test_rows, ridge=None) -> dict[str, dict]:
     """Both baselines scored on test_rows; ridge: a fitted fit_text_ridge(train_rows), to reuse one."""
+    ridge = ridge or fit_text_ridge(train_rows)  # refuses too few training rows, before anything divides by 0
     truth = [r["price"] for r in test_rows]
     mean = sum(r["price"] for r in train_rows) / len(train_rows)
-    ridge = ridge or fit_text_ridge(train_rows)
     return {"constant (train mean)": price_metrics(truth, [mean] * len(truth)),
             "tf-idf + ridge": price_metrics(truth, ridge(test_rows))}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m apps.price_predictor.baselines", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m apps.price_predictor.baselines", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/price_predictor/train.jsonl", help="training data (JSONL/CSV/Amazon)")
     p.add_argument("--test", help=f"test data (default: {DEFAULT_TEST}, or the held-out tail)")
     p.add_argument("--holdout-last", type=int, default=0, help="train on all but the last N rows, test on them")
@@ -59,6 +65,9 @@ def main(argv=None):
 
         if args.holdout_last:  # same rows as `train --limit TOTAL-N` and `evaluate --last N`
             n_rows = len(read_raw(args.data))
+            if not 0 < args.holdout_last < n_rows:
+                raise ConfigError(f"--holdout-last {args.holdout_last}: {args.data} has {n_rows} rows; hold out "
+                                  f"between 1 and {n_rows - 1} of them")
             train_rows = TASK.read(args.data, DataReport(), limit=n_rows - args.holdout_last)
             test_rows = TASK.read(args.data, DataReport(), last=args.holdout_last, drop_duplicates=False)
         else:
