@@ -141,8 +141,9 @@ def raise_terminated(signum, frame):
 def run_cli(main) -> None:
     """Run an entry point; user errors print one clear line and exit 2 instead of a traceback. Ctrl-C exits
     130 and SIGTERM 143, after whatever was being written is finished or rolled back by the code that wrote it."""
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main()
     except (ConfigError, DataError) as e:
@@ -161,6 +162,9 @@ def run_cli(main) -> None:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where} (set FT_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if previous is not None:  # entry points called in-process (tests, notebooks) leave the handler as found
+            signal.signal(signal.SIGTERM, previous)
 
 
 def train_main(task: Task, argv: list[str] | None = None) -> None:

@@ -46,7 +46,7 @@ def test_embedded_model_train_evaluate_translate(tmp_path):
     run_dir = tmp_path / "run"
     r = run(["apps.translator.train", "--profile", "cpu", "--max-steps", "3", "--limit", "48",
              "--output-dir", str(run_dir), "--train.batch_size", "4", "--train.save_steps", "2",
-             "--train.logging_steps", "1"], cwd=ROOT)
+             "--train.logging_steps", "1", "--data.valid", "", "--data.valid_fraction", "0.1"], cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 3/3 loss" in r.stderr and "left" in r.stderr  # progress with time left
     record = json.loads((run_dir / "run.json").read_text())
