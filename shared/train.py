@@ -15,7 +15,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,10 +26,6 @@ from .config import ConfigError, RunConfig, save_yaml
 from .log import log
 from .loss import completion_loss
 from .task import Task
-
-# PEFT and TRL read the model's `is_gradient_checkpointing`, which transformers 5 renamed and now warns about on
-# every run: a warning about library internals the user cannot act on.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
