@@ -450,6 +450,7 @@ class Preflight:
     train_rows: list
     valid_rows: list
     report: data_mod.DataReport
+    previous: runs.Run | None = None  # the run being resumed, as the ownership check read it (rank 0)
 
 
 def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> Preflight:
@@ -460,11 +461,12 @@ def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite
     train_rows, valid_rows = read_splits(cfg, task, report)
     check_tracking(cfg)
     check_method(cfg)
+    previous = None
     if runs.is_main_process():
-        runs.claim(run_dir, task.name, resume, overwrite, task.commands())
+        previous = runs.claim(run_dir, task.name, resume, overwrite, task.commands())
         check_output(run_dir)
     runs.same_on_all_processes(True)  # the others wait until rank 0 has moved an old run aside
-    return Preflight(run_dir, train_rows, valid_rows, report)
+    return Preflight(run_dir, train_rows, valid_rows, report, previous)
 
 
 @contextlib.contextmanager
@@ -482,7 +484,7 @@ def open_run(task: Task, cfg: RunConfig, prep: Preflight, profile_reason: str, m
     """The run record, written before the first step. A resumed run keeps its history; evaluations of the
     adapter it had are moved aside, since they no longer describe the adapter this training will write."""
     main = runs.is_main_process()
-    previous = runs.Run.load(prep.run_dir) if (prep.run_dir / "run.json").exists() else None
+    previous = prep.previous
     run = runs.Run.create(prep.run_dir, task.name, cfg.to_dict(), task.commands(), profile=cfg.profile,
                           profile_reason=profile_reason, chat_format=fmt.family, versions=runs.versions(),
                           base_model=models.fingerprint(model), timings=timings, data=prep.report.to_dict(),
