@@ -71,6 +71,8 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.add_argument("--repetition-penalty", type=float, help="decoding: >1 discourages repeated tokens")
     p.add_argument("--no-repeat-ngram-size", type=int, help="decoding: forbid repeating n-grams of this size")
+    p.add_argument("--loop-guard", action=argparse.BooleanOptionalAction,
+                   help="decoding: end an answer that loops, keeping one copy (default: the run's generate.loop_guard)")
     return p
 
 
@@ -91,8 +93,9 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def decoding_overrides(args: argparse.Namespace) -> dict:
     """Generation settings given on an evaluate command line (unset ones keep the run's config)."""
-    keys = ("batch_size", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
+    keys = ("batch_size", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens", "num_beams",
+            "loop_guard", "first_line")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def build_config(task: Task, args: argparse.Namespace, rest: list[str]):

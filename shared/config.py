@@ -145,6 +145,12 @@ class GenerateSettings:
     top_k: int = _f(50, "Top-k sampling (with do_sample; 0 = off).", min=0)
     repetition_penalty: float = _f(1.0, "Penalty >1 discourages repeating tokens.", gt=0)
     no_repeat_ngram_size: int = _f(0, "Forbid repeating n-grams of this size (0 = off).", min=0)
+    num_beams: int = _f(1, "Beam search width for batch decoding (evaluate); 1 = greedy or sampling. Each prompt "
+                           "is read once and its cache shared by the beams.", min=1)
+    first_line: bool = _f(False, "End an answer at its first line break after some text (for products that keep "
+                                 "only the first line: what is cut would be thrown away).")
+    loop_guard: bool = _f(False, "End an answer whose last tokens repeat in a loop, keeping one copy of the "
+                                 "repeated part (shared/generate.py:loop_start says what counts as a loop).")
     batch_size: int = _f(16, "Prompts per generation batch.", min=1)
 
 

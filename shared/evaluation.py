@@ -57,7 +57,7 @@ def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None,
     extra: optional fn(model, tokenizer, fmt, prompts) -> anything, run with the fine-tuned model loaded, for
     a product's own decoding on the same weights (no second load)."""
     model, tokenizer, fmt, cfg = load_run(p.run)
-    gen = dataclasses.replace(cfg.generate, **{k: v for k, v in generate_overrides.items() if v})
+    gen = dataclasses.replace(cfg.generate, **{k: v for k, v in generate_overrides.items() if v is not None})
     rows = p.rows
     prompts = [task.inference_prompt(r, fmt) for r in rows]
     budgets = [task.answer_budget(r, tokenizer) for r in rows]

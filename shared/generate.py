@@ -105,22 +105,90 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
 
     budgets: optional per-prompt cap on new tokens (each batch uses its largest, never above
     gen.max_new_tokens), so a batch does not run on long after every sensible answer has ended.
+    gen.num_beams > 1 decodes with beam search (the best beam, see `candidates`); gen.first_line and
+    gen.loop_guard end each answer early (see `AnswerEnds`).
     """
     from tqdm.auto import tqdm
 
     kw = generation_kwargs(tokenizer, fmt, gen)
+    beams = gen.num_beams if gen.num_beams > 1 and not gen.do_sample else 0
+    stops = stop_ids(tokenizer, fmt)
     outputs: list[str] = [""] * len(prompts)
     dev = next(model.parameters()).device
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
     for idx, ids, mask, width in _left_padded_batches(tokenizer, prompts, gen.batch_size):
         if budgets is not None:
             kw["max_new_tokens"] = min(gen.max_new_tokens, max(budgets[i] or gen.max_new_tokens for i in idx))
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+        if beams:
+            found = _beams(model, ids.to(dev), mask.to(dev), beams, kw["max_new_tokens"], stops)
+            answers = [found[row][0][1] for row in range(len(idx))]
+        else:
+            ends = AnswerEnds.for_settings(tokenizer, gen, width)
+            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                 stopping_criteria=[ends] if ends else None, **kw)
+            answers = out[:, width:].tolist()
         for row, i in enumerate(idx):
-            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            tokens = answers[row]
+            if gen.loop_guard:
+                tokens = _strip_loop(tokens, {*stops, tokenizer.pad_token_id})
+            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+# A loop: the answer ends in one unit of 1..LOOP_MAX_PERIOD tokens repeated at least LOOP_MIN_REPEATS times in
+# a row, LOOP_MIN_TOKENS tokens or more in all. No reference translation in the shipped or the development data
+# (Gemma tokenizer) ends in such a run (tests/test_decoding.py checks the shipped files); "매우 매우 매우" is 3
+# tokens, far below it. A looping answer of a small model repeats a clause until its token budget.
+LOOP_MAX_PERIOD = 32
+LOOP_MIN_REPEATS = 3
+LOOP_MIN_TOKENS = 12
+
+
+def loop_start(tokens: list[int]) -> int | None:
+    """Where a trailing loop's second copy begins (keep tokens[:loop_start] = the text with one copy of the
+    repeated unit), or None when the tokens do not end in a loop. The shortest repeating unit wins."""
+    n = len(tokens)
+    for period in range(1, min(LOOP_MAX_PERIOD, n // LOOP_MIN_REPEATS) + 1):
+        j = n - period - 1
+        while j >= 0 and tokens[j] == tokens[j + period]:
+            j -= 1
+        span = n - (j + 1)  # the tail that repeats with this period, its first copy included
+        if span >= max(LOOP_MIN_REPEATS * period, LOOP_MIN_TOKENS):
+            return j + 1 + period
+    return None
+
+
+def _strip_loop(tokens: list[int], trailing: set[int]) -> list[int]:
+    """tokens with a trailing loop cut to one copy (end and pad tokens after the answer ignored)."""
+    end = len(tokens)
+    while end and tokens[end - 1] in trailing:
+        end -= 1
+    cut = loop_start(tokens[:end])
+    return tokens if cut is None else tokens[:cut]
+
+
+class AnswerEnds:
+    """A per-row stopping criterion for model.generate: a row ends once its answer (the tokens after the
+    prompt's `width`) has a line break after some text (first_line) or ends in a loop (loop_guard). Rows that
+    end early no longer cost a forward pass each, which matters most for a base model that rambles on."""
+
+    def __init__(self, tokenizer, width: int, first_line: bool, loop_guard: bool):
+        self.tokenizer, self.width, self.first_line, self.loop_guard = tokenizer, width, first_line, loop_guard
+
+    @classmethod
+    def for_settings(cls, tokenizer, gen: GenerateSettings, width: int):
+        return cls(tokenizer, width, gen.first_line, gen.loop_guard) if gen.first_line or gen.loop_guard else None
+
+    def ended(self, tokens: list[int]) -> bool:
+        if self.loop_guard and loop_start(tokens) is not None:
+            return True
+        return self.first_line and "\n" in self.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        rows = input_ids[:, self.width:].tolist()
+        return torch.tensor([self.ended(row) for row in rows], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.inference_mode()
@@ -257,12 +325,13 @@ def stream(model, tokenizer, fmt: ChatFormat, prompt: str, gen: GenerateSettings
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
     kw = generation_kwargs(tokenizer, fmt, gen, max_new_tokens)
+    ends = AnswerEnds.for_settings(tokenizer, gen, enc["input_ids"].shape[1])
     errors: list[BaseException] = []
 
     def work():
         try:
             with torch.inference_mode():
-                model.generate(**enc, streamer=streamer, **kw)
+                model.generate(**enc, streamer=streamer, stopping_criteria=[ends] if ends else None, **kw)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(e)
             streamer.end()

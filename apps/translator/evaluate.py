@@ -47,7 +47,12 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
 def main(argv=None):
     p = eval_parser(TASK, __doc__)
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
+    p.add_argument("--beams", dest="num_beams", type=int,
+                   help="beam search of this width (default: the run's generate.num_beams; 1 = greedy)")
     args = p.parse_args(argv)
+
+    if args.num_beams is not None and args.num_beams < 1:
+        p.error(f"--beams {args.num_beams}: give 1 (greedy) or more")
 
     def work():
         check_counts(args)
