@@ -104,6 +104,9 @@ class TrainSettings:
     bf16: str = _f("auto", "bf16 mixed precision: auto = on where the device does bf16 fast.", ("auto", "true", "false"))
     gradient_checkpointing: bool = _f(False, "Trade compute for memory (recommended on GPU for 8B models).")
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding, faster).")
+    share_prefix: bool = _f(True, "Compute the tokens every example of a batch starts with (system prompt, chat "
+                                  "header) once per batch instead of once per row; same loss and gradients. "
+                                  "Off under gradient checkpointing.")
     logging_steps: int = _f(5, "Log loss every N steps.", min=1)
     save_steps: int = _f(50, "Save a resumable checkpoint every N steps.", min=1)
     # at least 1: 0 means "keep every checkpoint" to transformers, which the pre-flight disk check cannot size

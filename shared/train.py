@@ -167,14 +167,16 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if hasattr(model, "module") and model is not self.model:  # DDP / FSDP / DeepSpeed wrapper
-                loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch))
+                loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch,
+                                                                             self.share_prefix))
             else:
-                loss = completion_loss(model, inputs, num_items_in_batch)
+                loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
 
         product_metric = None  # metric_eval.ProductMetric, set by build_trainer when the run asks for one
+        share_prefix = False  # train.share_prefix, set by build_trainer (shared/loss.py:backbone_hidden)
 
         def evaluation_loop(self, *args, **kwargs):
             """The validation loss, plus the product's metric on generated answers in the same metrics dict:
@@ -519,6 +521,8 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     if peft_config is not None:  # PEFT errors only when no name matches: count that every target got LoRA
         models.check_lora_coverage(trainer.model, lora_targets(cfg, trainer.model.get_base_model()))
     trainer.product_metric = metric
+    # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
+    trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     if cfg.lora.init == "pissa":

@@ -40,3 +40,69 @@ def test_completion_loss_equals_model_loss_with_lora(tiny_model_cfg):
     g_ref = torch.autograd.grad(ref, lora)
     g_ours = torch.autograd.grad(ours, lora)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ref, g_ours))
+
+
+def _tiny_gemma3(sliding_window: int):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                              sliding_window=sliding_window, layer_types=["sliding_attention", "sliding_attention",
+                                                                          "full_attention"],
+                              final_logit_softcapping=30.0, pad_token_id=0)
+    return Gemma3ForCausalLM(config).float()
+
+
+def _chat_batch():
+    """Four rows opening with the same 11 tokens (a system prompt), then their own prompt and answer, padded
+    on the right to the longest."""
+    torch.manual_seed(1)
+    system = torch.randint(5, 200, (11,))
+    rows, labels = [], []
+    for prompt_len, answer_len in ((5, 4), (9, 7), (3, 2), (6, 9)):
+        ids = torch.cat([system, torch.randint(5, 200, (prompt_len + answer_len,))])
+        rows.append(ids)
+        labels.append(torch.cat([torch.full((11 + prompt_len,), -100), ids[11 + prompt_len:]]))
+    width = max(len(r) for r in rows)
+    pad = lambda t, v: torch.cat([t, torch.full((width - len(t),), v)])  # noqa: E731
+    return {"input_ids": torch.stack([pad(r, 0) for r in rows]),
+            "attention_mask": torch.stack([pad(torch.ones(len(r), dtype=torch.long), 0) for r in rows]),
+            "labels": torch.stack([pad(lab, -100) for lab in labels])}
+
+
+@pytest.mark.parametrize("model_kind", ["llama", "gemma3", "gemma3-short-window"])
+def test_shared_prefix_gives_the_same_loss_and_gradients(model_kind, tiny_model_cfg):
+    from peft import LoraConfig, get_peft_model
+
+    from shared.loss import shared_prefix_length
+    from shared.models import load
+
+    if model_kind == "llama":
+        model = load(tiny_model_cfg)[0]
+    else:  # Gemma 3's sliding-window layers keep their own cache; a window shorter than the rows included
+        model = _tiny_gemma3(sliding_window=6 if model_kind == "gemma3-short-window" else 512)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                             task_type="CAUSAL_LM", init_lora_weights=False)).eval()
+    batch = _chat_batch()
+    assert shared_prefix_length(batch) == 11  # up to the earliest answer token's predecessor, no further
+    plain = completion_loss(model, batch)
+    shared = completion_loss(model, batch, share_prefix=True)
+    assert torch.allclose(plain, shared, atol=1e-5)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(plain, lora), torch.autograd.grad(shared, lora)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_shared_prefix_applies_only_where_the_rows_agree():
+    from shared.loss import MIN_SHARED_PREFIX, shared_prefix_length
+
+    batch = _chat_batch()
+    one_row = {k: v[:1] for k, v in batch.items()}
+    assert shared_prefix_length(one_row) == 0
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(-1))  # left padding: the rows start apart
+    assert shared_prefix_length(left) == 0
+    short = dict(batch, input_ids=batch["input_ids"].clone())
+    short["input_ids"][1, MIN_SHARED_PREFIX - 1] += 1  # the rows part before MIN_SHARED_PREFIX tokens
+    assert shared_prefix_length(short) == 0
+    assert shared_prefix_length(dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1]))) == 0

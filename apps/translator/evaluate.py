@@ -6,6 +6,8 @@ file and the file's name otherwise, so scores on several files sit side by side.
 """
 from __future__ import annotations
 
+import argparse
+
 from shared import evaluation
 from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 
@@ -49,6 +51,9 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     p.add_argument("--beams", dest="num_beams", type=int,
                    help="beam search of this width (default: the run's generate.num_beams; 1 = greedy)")
+    p.add_argument("--first-line", action=argparse.BooleanOptionalAction,
+                   help="end each translation at its first line break, the part that is scored (default: the "
+                        "run's generate.first_line; the scores are the same either way, only the time differs)")
     args = p.parse_args(argv)
 
     if args.num_beams is not None and args.num_beams < 1:
