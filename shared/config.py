@@ -104,6 +104,9 @@ class TrainSettings:
     bf16: str = _f("auto", "bf16 mixed precision: auto = on where the device does bf16 fast.", ("auto", "true", "false"))
     gradient_checkpointing: bool = _f(False, "Trade compute for memory (recommended on GPU for 8B models).")
     group_by_length: bool = _f(True, "Batch examples of similar length together (less padding, faster).")
+    output_vocab: str = _f("full", "Output vocabulary of the loss and of decoding: full, or answers = the tokens "
+                                   "the training answers can be written with (shared/vocab.py); a smaller output "
+                                   "layer, faster training and generation.", ("full", "answers"))
     share_prefix: bool = _f(True, "Compute the tokens every example of a batch starts with (system prompt, chat "
                                   "header) once per batch instead of once per row; same loss and gradients. "
                                   "Off under gradient checkpointing.")

@@ -126,7 +126,7 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
         overrides["dtype"] = dtype
     trained = run.config().model
     t0 = time.time()
-    model, tokenizer, fmt, cfg = load_run(run, model_overrides=overrides)
+    model, tokenizer, fmt, cfg = load_run(run, model_overrides=overrides, limit_vocab=False)
     merged = model.merge_and_unload()
     weights = {p.dtype for p in merged.parameters()}
     if not weights <= {torch.bfloat16, torch.float16, torch.float32}:

@@ -11,16 +11,18 @@ from typing import Iterable, Iterator
 
 import torch
 
-from . import models, runs
+from . import models, runs, vocab
 from .chat import ChatFormat
 from .config import ConfigError, GenerateSettings, RunConfig, apply
+from .log import log
 
 
-def load_run(run: runs.Run, model_overrides: dict | None = None):
+def load_run(run: runs.Run, model_overrides: dict | None = None, limit_vocab: bool = True):
     """(model with the run's adapter, tokenizer, chat format, run config) for inference.
 
     model_overrides: model.* settings changed for this load only, e.g. {"quantization": "none"} to put the
-    adapter on an unquantized copy of the base (shared/export.py)."""
+    adapter on an unquantized copy of the base (shared/export.py). limit_vocab: decode over the run's output
+    vocabulary when it was trained with one (shared/vocab.py); an export keeps the standard output layer."""
 
     run_dir, record = run.path, run.record
     cfg: RunConfig = run.config()
@@ -45,6 +47,12 @@ def load_run(run: runs.Run, model_overrides: dict | None = None):
         raise ConfigError(f"the adapter in {run_dir} does not fit the base model '{cfg.model.name}' "
                           f"({e.__class__.__name__}: {str(e).strip().splitlines()[-1][:200]})") from None
     model.eval()
+    if limit_vocab and cfg.train.output_vocab == "answers":
+        ids = vocab.load(run_dir)
+        if ids is None:
+            log(f"{run_dir} has no {vocab.FILE}: decoding over the full vocabulary")
+        else:
+            vocab.limit_output_layer(model, ids)
     if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth's fast generation path, once the adapter is on
         from .unsloth_backend import for_inference
         model = for_inference(model)
@@ -53,12 +61,14 @@ def load_run(run: runs.Run, model_overrides: dict | None = None):
 
 @contextlib.contextmanager
 def base_model(model):
-    """Run the base model from the same weights: the LoRA adapter is switched off inside the block."""
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
+    """Run the base model from the same weights: the LoRA adapter is switched off inside the block, and the
+    base decodes over its whole vocabulary, as it would on its own."""
+    with vocab.full_vocabulary(model):
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                yield model
+        else:
             yield model
-    else:
-        yield model
 
 
 def stop_ids(tokenizer, fmt: ChatFormat) -> list[int]:

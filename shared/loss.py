@@ -109,11 +109,14 @@ def backbone_hidden(backbone, inputs: dict, share_prefix: bool) -> tuple[torch.T
     return rest.last_hidden_state, start
 
 
-def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False) -> torch.Tensor:
+def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False,
+                    vocab=None) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (labels != -100), computing logits only there.
 
     With gradient accumulation the Trainer passes num_items_in_batch (loss tokens over all micro-batches),
     so the sum is divided by that instead of this micro-batch's count. share_prefix: see backbone_hidden.
+    vocab: a shared.vocab.OutputVocab; the softmax then runs over its tokens only (a batch with an answer token
+    outside it, which training data cannot have, falls back to the full vocabulary).
     """
     labels = inputs["labels"]
     lm = _causal_lm(model)
@@ -130,6 +133,11 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: 
             logits = head(hidden[:, :-1][mask]).float()
             total = torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
         else:
-            total = linear_cross_entropy_sum(hidden[:, :-1][mask], head.weight, targets[mask], cap)
+            weight, answer = head.weight, targets[mask]
+            if vocab is not None:
+                rows = vocab.to(answer.device).row[answer]
+                if (rows >= 0).all():
+                    weight, answer = weight[vocab.ids], rows
+            total = linear_cross_entropy_sum(hidden[:, :-1][mask], weight, answer, cap)
     count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import metric_eval, models, runs
+from . import metric_eval, models, runs, vocab
 from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
@@ -168,15 +168,16 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if hasattr(model, "module") and model is not self.model:  # DDP / FSDP / DeepSpeed wrapper
                 loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch,
-                                                                             self.share_prefix))
+                                                                             self.share_prefix, self.output_vocab))
             else:
-                loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix)
+                loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix, self.output_vocab)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
 
         product_metric = None  # metric_eval.ProductMetric, set by build_trainer when the run asks for one
         share_prefix = False  # train.share_prefix, set by build_trainer (shared/loss.py:backbone_hidden)
+        output_vocab = None  # shared.vocab.OutputVocab when train.output_vocab = answers
 
         def evaluation_loop(self, *args, **kwargs):
             """The validation loss, plus the product's metric on generated answers in the same metrics dict:
@@ -437,13 +438,30 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
         from transformers.trainer_utils import IntervalStrategy
         args.eval_strategy = IntervalStrategy.NO
     timings = {"load_model_s": round(load_s, 1), "prepare_data_s": round(time.time() - t0, 1)}
+    output_ids = output_vocabulary(cfg, tokenizer, fmt, train_ds, valid_ds)
     with _owned(prep.run_dir):
         run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
         metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt)
         trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks, metric)
+        if output_ids is not None:
+            if runs.is_main_process():
+                vocab.save(run.path, output_ids, len(tokenizer))
+            trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
         result, checkpoint, train_s = fit(task, trainer, run, tokenizer, resume, valid_ds is not None)
         complete(cfg, run, trainer, result, checkpoint, train_s, train_ds, t_start)
     return prep.run_dir
+
+
+def output_vocabulary(cfg: RunConfig, tokenizer, fmt, train_ds, valid_ds) -> list[int] | None:
+    """The token ids the loss and decoding use when train.output_vocab = answers (shared/vocab.py)."""
+    if cfg.train.output_vocab != "answers":
+        return None
+    from .generate import stop_ids
+    answers = [[i for i, m in zip(row["input_ids"], row["completion_mask"]) if m]
+               for ds in (train_ds, valid_ds) if ds is not None for row in ds]
+    ids = vocab.answer_vocabulary(tokenizer, answers, stop_ids(tokenizer, fmt))
+    log(f"output vocabulary: {vocab.describe(ids, len(tokenizer))} (the scripts of the training answers)")
+    return ids
 
 
 @dataclasses.dataclass

@@ -1,0 +1,164 @@
+"""A task's output vocabulary: the tokens its answers can be written with, and an output layer limited to them.
+
+Why: Gemma 3's output layer has 262,144 rows (168M parameters, more than the 100M of the rest of the model).
+Training runs it on every answer token and generation on every new token, yet a translator into Korean never
+writes Cyrillic or Devanagari and a price never holds a letter. With train.output_vocab = "answers" the loss's
+softmax and generation both run over the tokens below only; the run keeps the list in output_vocab.json.
+
+Which tokens: every token in the training or validation answers, plus every token whose text is made only of
+ - characters seen in those answers,
+ - letters of a script that makes up a fifth or more of the answers' letters (the first word of the letter's
+   Unicode name: HANGUL, LATIN, CJK, ...), or, in pieces of one or two characters, of any script seen there,
+ - ASCII digits, punctuation and blank space,
+plus byte-fallback tokens (a character with no token of its own is spelled in bytes) and the stop tokens.
+For the shipped translator data that is about a fifth of Gemma's vocabulary; for prices a few hundred tokens.
+
+The adapter stays a standard PEFT adapter. Outside this project (a plain PEFT load, a merged or GGUF export)
+the model decodes over the full vocabulary, which it was not trained to keep out of: docs/speed.md measures
+how often that changes an answer.
+"""
+from __future__ import annotations
+
+import contextlib
+import unicodedata
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+FILE = "output_vocab.json"
+# A script is an answer's own when it holds this share of the answers' letters (Hangul in Korean translations);
+# one that only appears in names and acronyms (Latin there) keeps its seen tokens and its SHORT pieces, enough
+# to spell any new name, without the ~150k Latin-script tokens of Gemma's vocabulary.
+MAIN_SCRIPT = 0.2
+SHORT = 2
+REPLACEMENT = "\ufffd"  # what a byte-fallback token decodes to on its own
+
+
+def _script(char: str) -> str:
+    return unicodedata.name(char, "?").split(" ")[0]
+
+
+def answer_vocabulary(tokenizer, answers: Iterable[Iterable[int]], always: Iterable[int] = ()) -> list[int]:
+    """Sorted token ids an answer can be written with (see the module's docstring)."""
+    seen: set[int] = set()
+    letters: dict[str, int] = {}
+    chars: set[str] = set()
+    for ids in answers:
+        ids = [int(i) for i in ids]
+        seen.update(ids)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        chars.update(text)
+        for c in text:
+            if c.isalpha():
+                letters[_script(c)] = letters.get(_script(c), 0) + 1
+    total = sum(letters.values()) or 1
+    main = {script for script, n in letters.items() if n >= MAIN_SCRIPT * total}
+    verdict: dict[tuple[str, bool], bool] = {}
+
+    def allowed(c: str, short: bool) -> bool:
+        key = (c, short)
+        if key not in verdict:
+            verdict[key] = (c in chars or c.isspace() or (c.isascii() and not c.isalpha())
+                            or (c.isalpha() and _script(c) in (letters if short else main)))
+        return verdict[key]
+
+    keep = seen | set(always)
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+    for i, piece in enumerate(pieces):
+        short = len(piece.strip()) <= SHORT
+        if piece and (piece == REPLACEMENT or all(allowed(c, short) for c in piece)):
+            keep.add(i)
+    return sorted(keep)
+
+
+def save(run_dir: Path, ids: list[int], vocab_size: int) -> None:
+    from .runs import write_json
+    write_json(run_dir / FILE, {"vocab_size": vocab_size, "tokens": len(ids), "ids": ids})
+
+
+def load(run_dir: Path) -> list[int] | None:
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        return None
+    from .config import ConfigError
+    from .runs import read_json
+    ids = read_json(path).get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise ConfigError(f"{path}: field 'ids' must be a non-empty list of token ids; delete the file to decode "
+                          "over the full vocabulary")
+    return ids
+
+
+class OutputVocab:
+    """The ids (sorted) and, for each token of the full vocabulary, its row in the limited output layer (-1
+    outside it)."""
+
+    def __init__(self, ids: list[int], vocab_size: int, device=None):
+        self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+        self.row = torch.full((vocab_size,), -1, dtype=torch.long, device=device)
+        self.row[self.ids] = torch.arange(len(ids), device=device)
+
+    def to(self, device) -> "OutputVocab":
+        if self.ids.device != torch.device(device):
+            self.ids, self.row = self.ids.to(device), self.row.to(device)
+        return self
+
+
+class LimitedOutputLayer(torch.nn.Module):
+    """Drop-in for a bias-free output layer: logits computed for the vocabulary's rows only, every other token
+    set far below (-1e4; a soft-capped model maps it to -cap). Token ids stay those of the full vocabulary, so
+    generate(), beam search and the tokenizer work unchanged. `enabled = False` gives the full layer back (the
+    base-model comparison decodes as the base model would). `weight` is the original (tied) parameter."""
+
+    FLOOR = -1e4
+
+    def __init__(self, head: torch.nn.Module, ids: list[int]):
+        super().__init__()
+        self.head, self.enabled = head, True
+        self.weight = head.weight
+        self.register_buffer("ids", torch.tensor(ids, dtype=torch.long, device=head.weight.device),
+                             persistent=False)
+        self._rows = None  # the weight's rows for ids, sliced once (the output layer is frozen)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.contiguous()  # see models._contiguous_output_layer
+        if not self.enabled:
+            return self.head(hidden)
+        if self._rows is None or self._rows.dtype != self.weight.dtype:
+            self._rows = self.weight.detach()[self.ids].contiguous()
+        limited = hidden @ self._rows.to(hidden.dtype).t()
+        out = torch.full((*hidden.shape[:-1], self.weight.shape[0]), self.FLOOR, dtype=limited.dtype,
+                         device=hidden.device)
+        out[..., self.ids] = limited
+        return out
+
+
+def limit_output_layer(model, ids: list[int]) -> LimitedOutputLayer:
+    """Put a LimitedOutputLayer in the model (under its PEFT wrapper, if any) for inference."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ValueError("the output vocabulary needs a bias-free output layer")
+    limited = LimitedOutputLayer(head, ids)
+    inner.set_output_embeddings(limited)
+    return limited
+
+
+@contextlib.contextmanager
+def full_vocabulary(model):
+    """Inside the block the model decodes over its whole vocabulary again (no-op without a limited layer)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    if not isinstance(head, LimitedOutputLayer) or not head.enabled:
+        yield model
+        return
+    head.enabled = False
+    try:
+        yield model
+    finally:
+        head.enabled = True
+
+
+def describe(ids: list[int], vocab_size: int) -> str:
+    return f"{len(ids):,} of {vocab_size:,} tokens ({100 * len(ids) / vocab_size:.0f}%)"

@@ -1,0 +1,100 @@
+"""The output vocabulary (shared/vocab.py): which tokens it keeps, the limited output layer, the loss over it,
+and a run trained with it: decoding stays inside it, the base comparison and exports use the full layer."""
+import pytest
+import torch
+
+from shared import runs, vocab
+from shared.config import GenerateSettings, resolve
+from shared.generate import base_model, generate, load_run
+from shared.loss import completion_loss
+
+from .test_export import PROMPTS, make_run
+from .test_generate import _load
+
+
+def test_answer_vocabulary_keeps_the_answers_scripts(gemma_tokenizer):
+    tok = gemma_tokenizer
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    korean = vocab.answer_vocabulary(tok, [encode("안녕하세요, 저는 IBM에서 일하는 개발자입니다.") + [eot]], [eot])
+    kept = set(korean)
+    assert eot in kept and set(encode("감사합니다! 2024년 3월")) <= kept  # Hangul not in the answers, digits
+    pieces = {tok.decode([i]) for i in korean}
+    assert "Hello" not in pieces and " Samsung" not in pieces  # Latin is a minor script here: its long tokens go,
+    assert set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") <= pieces  # but any name can be spelled
+    assert not set(encode("Привет")) & kept and not set(encode("नमस्ते")) & kept
+    assert 0.02 < len(korean) / len(tok) < 0.25
+    prices = set(vocab.answer_vocabulary(tok, [encode("24.00") + [eot], encode("1,299.99") + [eot]], [eot]))
+    assert set(encode("7305.50")) <= prices and not set(encode("about")) & prices and len(prices) < 0.03 * len(tok)
+
+
+def test_limited_output_layer_equals_the_full_one_on_its_tokens(tiny_model_cfg):
+    model, tok, fmt = _load(tiny_model_cfg)
+    ids = list(range(0, len(tok), 3)) + [tok.eos_token_id]
+    ids = sorted(set(ids))
+    hidden = torch.randn(2, 5, model.config.hidden_size)
+    full = model.lm_head(hidden)
+    limited = vocab.limit_output_layer(model, ids)
+    out = model.get_output_embeddings()(hidden)
+    assert model.get_output_embeddings() is limited
+    assert torch.allclose(out[..., ids], full[..., ids], atol=1e-5)
+    outside = torch.ones(out.shape[-1], dtype=torch.bool)
+    outside[ids] = False
+    assert (out[..., outside] == vocab.LimitedOutputLayer.FLOOR).all()
+    answers = generate(model, tok, fmt, PROMPTS, GenerateSettings(max_new_tokens=10, batch_size=3))
+    allowed = {tok.decode([i]) for i in ids}
+    assert all(ch in allowed for a in answers for ch in a)  # the byte-level tiny tokenizer: one char a token
+    with base_model(model):  # the base comparison decodes over everything again
+        assert torch.allclose(model.get_output_embeddings()(hidden), full, atol=1e-5)
+
+
+def test_loss_over_the_output_vocabulary(tiny_model_cfg):
+    model, tok, _ = _load(tiny_model_cfg)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (2, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100
+    keep = sorted(set(ids[:, 6:].flatten().tolist()) | set(range(100, 160)))
+    ours = completion_loss(model, {"input_ids": ids, "labels": labels},
+                           vocab=vocab.OutputVocab(keep, model.config.vocab_size))
+    logits = model(input_ids=ids).logits[:, :-1][labels[:, 1:] != -100][:, keep]
+    rows = torch.tensor([keep.index(t) for t in labels[:, 1:][labels[:, 1:] != -100].tolist()])
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, rows), atol=1e-5)
+    assert ours < completion_loss(model, {"input_ids": ids, "labels": labels})  # fewer tokens share the mass
+
+
+def test_a_run_with_an_output_vocabulary_decodes_inside_it(tiny_model_dir, tmp_path):
+    run_dir = make_run(tiny_model_dir, tmp_path / "run")
+    run = runs.Run.load(run_dir)
+    cfg = resolve(cli={**{k: v for k, v in _flat(run.record.config).items()}, "train.output_vocab": "answers"})
+    run.record.config = cfg.to_dict()
+    run.save()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = sorted({tok.convert_tokens_to_ids(c) for c in "abcdefghijklmnopqrstuvwxyz"} | {tok.eos_token_id})
+    vocab.save(run_dir, ids, len(tok))
+    model, tok, fmt, _ = load_run(runs.Run.load(run_dir))
+    answers = generate(model, tok, fmt, PROMPTS, GenerateSettings(max_new_tokens=10, batch_size=3))
+    assert any(answers) and all(c.isascii() and c.islower() for a in answers for c in a)
+    plain, *_ = load_run(runs.Run.load(run_dir), limit_vocab=False)  # what export merges: the standard layer
+    assert isinstance(plain.get_base_model().get_output_embeddings(), torch.nn.Linear)
+    assert not any("head.head" in k for k in plain.state_dict())
+
+
+def test_a_damaged_vocabulary_file_is_one_line(tmp_path):
+    from shared.config import ConfigError
+
+    (tmp_path / vocab.FILE).write_text('{"ids": ["a"]}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="output_vocab.json: field 'ids'"):
+        vocab.load(tmp_path)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
