@@ -29,8 +29,13 @@ answer token, logged every step by the Trainer), after the same examples on both
 Model FLOP utilisation: model FLOPs per step = 6 x (non-embedding parameters + LoRA parameters) x tokens
 + 6 x output-layer parameters x loss-bearing tokens (the logits the objective needs; attention-score FLOPs
 left out, sequences are short). The same count is used for both sides, so MFU measures useful work: TRL's
-logits at non-answer positions are not counted. Divided by the step time and by this machine's bf16 matmul
+logits at non-answer positions are not counted. Two exceptions on our side: with train.output_vocab = answers
+the output layer counts only the rows it has (its softmax is over them), and the prefix every row shares,
+which ours computes once per batch (train.share_prefix), still counts once per row: that MFU is "effective",
+the work a plain step would need per second. Divided by the step time and by this machine's bf16 matmul
 peak (best of 5 x 10 repeated 2048x2048 bf16 matmuls on all threads).
+With --output-vocab answers our loss is over the smaller vocabulary and reads lower for the same model:
+compare losses with --output-vocab full.
 """
 from __future__ import annotations
 
@@ -73,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="activation checkpointing on both sides (TRL's SFTConfig default; off by default here, "
                         "as in our cpu profile): less memory, about a third more compute")
+    p.add_argument("--output-vocab", choices=("full", "answers"),
+                   help="our train.output_vocab (default: the cpu profile's); losses compare only with full")
     p.add_argument("--data", default=default_data(), help="translation pairs (en/ko)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--matmul-size", type=int, default=2048, help="square matmul size for the bf16 peak")
@@ -92,6 +99,7 @@ def bench_config(a: argparse.Namespace):
            "train.batch_size": a.batch_size, "train.grad_accum": 1, "train.max_steps": a.steps,
            "train.logging_steps": 1, "train.save_steps": 10 ** 6, "train.seed": a.seed,
            "train.group_by_length": True, "train.gradient_checkpointing": a.gradient_checkpointing,
+           **({"train.output_vocab": a.output_vocab} if a.output_vocab else {}),
            "data.train": a.data}
     if a.chat_template:
         cli["model.chat_template"] = a.chat_template
@@ -187,7 +195,8 @@ def _parameter_counts(peft_model) -> dict:
             lora += p.numel()
         else:
             body += p.numel()
-    return {"non_embedding": body, "lora": lora, "output_layer": head.numel(), "embedding": embed.numel(),
+    return {"non_embedding": body, "lora": lora, "output_layer": head.numel(), "output_rows": head.shape[0],
+            "embedding": embed.numel(),
             "output_layer_tied": head.data_ptr() == embed.data_ptr()}
 
 
@@ -240,9 +249,14 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     trainer = _metered(core._trainer_class(), meter)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=core.lora_config(cfg, model), callbacks=[meter])
+    output_ids = core.output_vocabulary(cfg, tokenizer, fmt, dataset, None)
+    core.loss_settings(trainer, cfg, model, output_ids)
     load_s = time.perf_counter() - t0
     trainer.train()
-    return _side_result("ours", trainer, meter, load_s, next(model.parameters()).dtype)
+    result = _side_result("ours", trainer, meter, load_s, next(model.parameters()).dtype)
+    if output_ids is not None:  # the output layer's useful work is over the rows it uses
+        result["params"]["output_rows_used"] = len(output_ids)
+    return result
 
 
 def run_trl(a: argparse.Namespace, work: Path) -> dict:
@@ -323,7 +337,8 @@ def summarize(r: dict, peak_gflops: float) -> dict:
     tokens = sum(s["tokens"] for s in w_steps)
     loss_tokens = sum(s["loss_tokens"] for s in w_steps)
     p = r["params"]
-    flops = 6 * (p["non_embedding"] + p["lora"]) * tokens + 6 * p["output_layer"] * loss_tokens
+    head = p["output_layer"] * p.get("output_rows_used", p["output_rows"]) / p["output_rows"]
+    flops = 6 * (p["non_embedding"] + p["lora"]) * tokens + 6 * head * loss_tokens
     last = [x["loss"] for x in r["losses"][-LAST_LOGGED:]]
     return {"timed_steps": len(w_steps), "timed_s": w_time, "first_step_s": times[0] if times else None,
             "step_s": w_time / max(len(w_steps), 1),
@@ -384,8 +399,11 @@ def table(s: dict[str, dict], raw: dict[str, dict], peak: float, peak_dtype: str
              row("model load + setup s", "load_s", "{:.1f}"),
              f"same batches on both sides (token hashes): {'yes' if same_batches else 'NO'}"]
     p = o["params"]
+    used = p.get("output_rows_used", p["output_rows"])
     lines.append(f"FLOPs/step = 6 x ({p['non_embedding']:,} non-embedding + {p['lora']:,} LoRA) x tokens "
-                 f"+ 6 x {p['output_layer']:,} output layer x loss-bearing tokens (same count for both sides)")
+                 f"+ 6 x {p['output_layer']:,} output layer x loss-bearing tokens"
+                 + (f" (ours: x {used:,}/{p['output_rows']:,} rows of its output vocabulary; its loss is over "
+                    "them, not comparable)" if used != p["output_rows"] else " (same count for both sides)"))
     return "\n".join(lines)
 
 

@@ -69,6 +69,9 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--full-vocab", action="store_true",
+                   help="decode over the whole vocabulary even when the run was trained with train.output_vocab = "
+                        "answers (as its merged or GGUF export decodes)")
     p.add_argument("--repetition-penalty", type=float, help="decoding: >1 discourages repeated tokens")
     p.add_argument("--no-repeat-ngram-size", type=int, help="decoding: forbid repeating n-grams of this size")
     p.add_argument("--loop-guard", action=argparse.BooleanOptionalAction,

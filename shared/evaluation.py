@@ -50,13 +50,13 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     return EvalPlan(loaded, cfg, source, runs.eval_name(source, cfg.data.test), rows)
 
 
-def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None,
+def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None, full_vocab: bool = False,
                  **generate_overrides) -> Predictions:
     """Generate raw answers for every planned row with the fine-tuned model and (optionally) the base model.
 
     extra: optional fn(model, tokenizer, fmt, prompts) -> anything, run with the fine-tuned model loaded, for
     a product's own decoding on the same weights (no second load)."""
-    model, tokenizer, fmt, cfg = load_run(p.run)
+    model, tokenizer, fmt, cfg = load_run(p.run, limit_vocab=not full_vocab)
     gen = dataclasses.replace(cfg.generate, **{k: v for k, v in generate_overrides.items() if v is not None})
     rows = p.rows
     prompts = [task.inference_prompt(r, fmt) for r in rows]

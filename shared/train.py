@@ -443,13 +443,20 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
         run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
         metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt)
         trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks, metric)
-        if output_ids is not None:
-            if runs.is_main_process():
-                vocab.save(run.path, output_ids, len(tokenizer))
-            trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
+        loss_settings(trainer, cfg, model, output_ids)
+        if output_ids is not None and runs.is_main_process():
+            vocab.save(run.path, output_ids, len(tokenizer))
         result, checkpoint, train_s = fit(task, trainer, run, tokenizer, resume, valid_ds is not None)
         complete(cfg, run, trainer, result, checkpoint, train_s, train_ds, t_start)
     return prep.run_dir
+
+
+def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) -> None:
+    """The answer-only loss's options on a CompletionSFTTrainer: the shared prefix and the output vocabulary."""
+    # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
+    trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
+    if output_ids is not None:
+        trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
 
 
 def output_vocabulary(cfg: RunConfig, tokenizer, fmt, train_ds, valid_ds) -> list[int] | None:
@@ -539,8 +546,6 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     if peft_config is not None:  # PEFT errors only when no name matches: count that every target got LoRA
         models.check_lora_coverage(trainer.model, lora_targets(cfg, trainer.model.get_base_model()))
     trainer.product_metric = metric
-    # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
-    trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     if cfg.lora.init == "pissa":

@@ -6,7 +6,7 @@ import torch
 from shared import runs, vocab
 from shared.config import GenerateSettings, resolve
 from shared.generate import base_model, generate, load_run
-from shared.loss import completion_loss
+from shared.loss import FULL_EVERY, completion_loss
 
 from .test_export import PROMPTS, make_run
 from .test_generate import _load
@@ -57,9 +57,16 @@ def test_loss_over_the_output_vocabulary(tiny_model_cfg):
     keep = sorted(set(ids[:, 6:].flatten().tolist()) | set(range(100, 160)))
     ours = completion_loss(model, {"input_ids": ids, "labels": labels},
                            vocab=vocab.OutputVocab(keep, model.config.vocab_size))
-    logits = model(input_ids=ids).logits[:, :-1][labels[:, 1:] != -100][:, keep]
-    rows = torch.tensor([keep.index(t) for t in labels[:, 1:][labels[:, 1:] != -100].tolist()])
-    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, rows), atol=1e-5)
+    logits = model(input_ids=ids).logits[:, :-1][labels[:, 1:] != -100]
+    targets = labels[:, 1:][labels[:, 1:] != -100]
+    # each answer's last token and every FULL_EVERY-th token over the whole vocabulary, the rest over `keep`
+    full = torch.zeros(len(targets), dtype=torch.bool)
+    full[::FULL_EVERY] = True
+    full[[5, 11]] = True  # the two answers' last tokens (6 each)
+    expected = (torch.nn.functional.cross_entropy(logits[full], targets[full], reduction="sum")
+                + torch.nn.functional.cross_entropy(logits[~full][:, keep], torch.tensor(
+                    [keep.index(t) for t in targets[~full].tolist()]), reduction="sum")) / len(targets)
+    assert torch.allclose(ours, expected, atol=1e-5)
     assert ours < completion_loss(model, {"input_ids": ids, "labels": labels})  # fewer tokens share the mass
 
 

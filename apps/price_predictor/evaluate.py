@@ -151,7 +151,7 @@ def main(argv=None):
 
     def work():
         check_counts(args)
-        evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base,
+        evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base, full_vocab=args.full_vocab,
                  beams=args.beams, ensemble=not args.no_ensemble, runs_root=args.runs_root,
                  **decoding_overrides(args))
 
