@@ -337,7 +337,8 @@ def summarize(r: dict, peak_gflops: float) -> dict:
     tokens = sum(s["tokens"] for s in w_steps)
     loss_tokens = sum(s["loss_tokens"] for s in w_steps)
     p = r["params"]
-    head = p["output_layer"] * p.get("output_rows_used", p["output_rows"]) / p["output_rows"]
+    rows = p.get("output_rows")  # the share of the output layer's rows the loss uses (all without a vocabulary)
+    head = p["output_layer"] * (p.get("output_rows_used", rows) / rows if rows else 1)
     flops = 6 * (p["non_embedding"] + p["lora"]) * tokens + 6 * head * loss_tokens
     last = [x["loss"] for x in r["losses"][-LAST_LOGGED:]]
     return {"timed_steps": len(w_steps), "timed_s": w_time, "first_step_s": times[0] if times else None,
@@ -399,11 +400,11 @@ def table(s: dict[str, dict], raw: dict[str, dict], peak: float, peak_dtype: str
              row("model load + setup s", "load_s", "{:.1f}"),
              f"same batches on both sides (token hashes): {'yes' if same_batches else 'NO'}"]
     p = o["params"]
-    used = p.get("output_rows_used", p["output_rows"])
+    used = p.get("output_rows_used", p.get("output_rows"))
     lines.append(f"FLOPs/step = 6 x ({p['non_embedding']:,} non-embedding + {p['lora']:,} LoRA) x tokens "
                  f"+ 6 x {p['output_layer']:,} output layer x loss-bearing tokens"
                  + (f" (ours: x {used:,}/{p['output_rows']:,} rows of its output vocabulary; its loss is over "
-                    "them, not comparable)" if used != p["output_rows"] else " (same count for both sides)"))
+                    "them, not comparable)" if used != p.get("output_rows") else " (same count for both sides)"))
     return "\n".join(lines)
 
 

@@ -39,6 +39,9 @@ def test_summarize_counts_flops_on_the_timed_steps():
     flops = 6 * 1010 * 200 + 6 * 500 * 20
     assert math.isclose(s["gflops_per_s"], flops / 4.0 / 1e9) and math.isclose(s["mfu"], s["gflops_per_s"])
     assert s["final_loss"] == 2.0 and s["examples"] == 12
+    raw["params"].update(output_rows=50, output_rows_used=5)  # an output vocabulary of a tenth of the rows
+    limited = summarize(raw, peak_gflops=1.0)
+    assert math.isclose(limited["gflops_per_s"], (6 * 1010 * 200 + 6 * 50 * 20) / 4.0 / 1e9)
 
 
 @pytest.mark.slow  # two trainers: ~12 s on a quiet 2-core CPU, more when it is busy

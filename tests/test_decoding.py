@@ -75,6 +75,7 @@ def test_beam_search_in_generate_is_the_best_candidate(tiny_model_cfg):
     assert generate(model, tok, fmt, PROMPTS, beams) == best
 
 
+@pytest.mark.slow
 def test_answer_ends_reads_text_not_tokens(gemma_tokenizer):
     ends = AnswerEnds(gemma_tokenizer, 0, first_line=True, loop_guard=False)
     ids = lambda text: gemma_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731

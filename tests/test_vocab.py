@@ -12,6 +12,7 @@ from .test_export import PROMPTS, make_run
 from .test_generate import _load
 
 
+@pytest.mark.slow
 def test_answer_vocabulary_keeps_the_answers_scripts(gemma_tokenizer):
     tok = gemma_tokenizer
     encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
