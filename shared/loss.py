@@ -109,20 +109,19 @@ def backbone_hidden(backbone, inputs: dict, share_prefix: bool) -> tuple[torch.T
     return rest.last_hidden_state, start
 
 
-# With an output vocabulary, every FULL_EVERY-th answer token and every answer's last token are still scored over
+# With an output vocabulary, every FULL_EVERY-th token of an answer and its last token are still scored over
 # the whole vocabulary. Without them nothing pushes the tokens outside it down: measured on the default
 # translator run, 204 of 240 test answers decoded over the full vocabulary (as an export decodes) ended in a
 # stray token ("jiwarl") instead of end-of-turn.
 FULL_EVERY = 8
 
 
-def _answer_loss(hidden, weight, targets, cap, vocab, last) -> torch.Tensor:
-    """Summed cross-entropy of the answer tokens; `last` marks each answer's final token."""
+def _answer_loss(hidden, weight, targets, cap, vocab, full) -> torch.Tensor:
+    """Summed cross-entropy of the answer tokens; `full` marks those scored over the whole vocabulary."""
     if vocab is None:
         return linear_cross_entropy_sum(hidden, weight, targets, cap)
     rows = vocab.to(targets.device).row[targets]
-    full = (rows < 0) | last  # a token outside the vocabulary (none in training data) is scored over everything
-    full |= torch.arange(len(targets), device=targets.device) % FULL_EVERY == 0
+    full = full | (rows < 0)  # a token outside the vocabulary (none in training data) is scored over everything
     return (linear_cross_entropy_sum(hidden[full], weight, targets[full], cap)
             + linear_cross_entropy_sum(hidden[~full], weight[vocab.ids], rows[~full], cap))
 
@@ -151,7 +150,11 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: 
             logits = head(hidden[:, :-1][mask]).float()
             total = torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
         else:
+            # Chosen by the token's place in its own answer, so the same tokens are picked however the batch is
+            # split between processes or micro-batches.
+            place = mask.long().cumsum(1) - 1
             last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
-            total = _answer_loss(hidden[:, :-1][mask], head.weight, targets[mask], cap, vocab, last[mask])
+            full = last | (place % FULL_EVERY == 0)
+            total = _answer_loss(hidden[:, :-1][mask], head.weight, targets[mask], cap, vocab, full[mask])
     count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)

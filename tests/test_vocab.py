@@ -62,8 +62,9 @@ def test_loss_over_the_output_vocabulary(tiny_model_cfg):
     targets = labels[:, 1:][labels[:, 1:] != -100]
     # each answer's last token and every FULL_EVERY-th token over the whole vocabulary, the rest over `keep`
     full = torch.zeros(len(targets), dtype=torch.bool)
-    full[::FULL_EVERY] = True
-    full[[5, 11]] = True  # the two answers' last tokens (6 each)
+    for start in (0, 6):  # two answers of 6 tokens: their tokens 0, FULL_EVERY, ... and their last one
+        full[start:start + 6:FULL_EVERY] = True
+        full[start + 5] = True
     expected = (torch.nn.functional.cross_entropy(logits[full], targets[full], reduction="sum")
                 + torch.nn.functional.cross_entropy(logits[~full][:, keep], torch.tensor(
                     [keep.index(t) for t in targets[~full].tolist()]), reduction="sum")) / len(targets)
