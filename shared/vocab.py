@@ -13,9 +13,11 @@ Which tokens: every token in the training or validation answers, plus every toke
 plus byte-fallback tokens (a character with no token of its own is spelled in bytes) and the stop tokens.
 For the shipped translator data that is about a fifth of Gemma's vocabulary; for prices a few hundred tokens.
 
-The adapter stays a standard PEFT adapter. Outside this project (a plain PEFT load, a merged or GGUF export)
-the model decodes over the full vocabulary, which it was not trained to keep out of: docs/speed.md measures
-how often that changes an answer.
+Each answer's last token and every 8th token keep the full softmax (shared/loss.py:FULL_EVERY), so the
+tokens outside are still pushed down. The adapter stays a standard PEFT adapter: outside this project (a plain
+PEFT load, a merged or GGUF export) the model decodes over the full vocabulary. On the default translator run
+that changed 14 of 240 test answers and scored chrF++ 19.03 against 18.90 (README, "decoding options");
+without the full-softmax tokens it was 16.90, most answers ending in a stray token.
 """
 from __future__ import annotations
 
