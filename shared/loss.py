@@ -123,7 +123,7 @@ def _answer_loss(hidden, weight, targets, cap, vocab, full) -> torch.Tensor:
     rows = vocab.to(targets.device).row[targets]
     full = full | (rows < 0)  # a token outside the vocabulary (none in training data) is scored over everything
     return (linear_cross_entropy_sum(hidden[full], weight, targets[full], cap)
-            + linear_cross_entropy_sum(hidden[~full], weight[vocab.ids], rows[~full], cap))
+            + linear_cross_entropy_sum(hidden[~full], vocab.rows_of(weight), rows[~full], cap))
 
 
 def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False,

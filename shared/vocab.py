@@ -101,6 +101,18 @@ class OutputVocab:
         self.row = torch.full((vocab_size,), -1, dtype=torch.long, device=device)
         self.row[self.ids] = torch.arange(len(ids), device=device)
 
+    _weight_rows = None  # (source weight's storage and version, its rows for ids): the layer is frozen
+
+    def rows_of(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight[ids], sliced once per weight instead of once per training step (a trainable weight is sliced
+        every time, so its gradient flows)."""
+        if weight.requires_grad:
+            return weight[self.ids]
+        key = (weight.data_ptr(), weight.dtype, weight._version)
+        if self._weight_rows is None or self._weight_rows[0] != key:
+            self._weight_rows = (key, weight[self.ids])
+        return self._weight_rows[1]
+
     def to(self, device) -> "OutputVocab":
         if self.ids.device != torch.device(device):
             self.ids, self.row = self.ids.to(device), self.row.to(device)
