@@ -558,3 +558,39 @@ def test_embedded_gemma_matches_its_original_gguf(gemma_dir):
         plan = gguf_export.plan_tensors(config, "gemma3", "q8_0", dict.fromkeys(handle.keys(), handle))
         assert {t.name: t.shape for t in plan} == {t.name: tuple(int(d) for d in reversed(t.shape))
                                                    for t in original.tensors}
+
+
+def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path, monkeypatch):
+    """--model some.gguf: the cached safetensors folder holds the file's model and tokenizer, and the header (slow
+    to parse for a 262k-token vocabulary) is read once for the tokenizer, the config and the weights."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    from shared import models
+
+    gguf_export.write_gguf(model_dir("gemma3"), tmp_path / "m.gguf", "f16")
+    monkeypatch.setenv("FT_CACHE_DIR", str(tmp_path / "cache"))
+    parses, parse = [], gguf.GGUFReader
+
+    def counting(path, *args):
+        parses.append(path)
+        return parse(path, *args)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    kind, folder = models.materialize(str(tmp_path / "m.gguf"))
+    assert kind == "gguf" and len(parses) == 1
+    assert gguf.GGUFReader is counting and hf_gguf.load_gguf_checkpoint.__module__ == hf_gguf.__name__  # restored
+
+    g_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    g_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    for text in TEXTS:
+        assert tok(text)["input_ids"] == g_tok(text)["input_ids"]
+    logits, greedy = logits_and_greedy(model, tok, TEXTS)
+    g_logits, g_greedy = logits_and_greedy(g_model, g_tok, TEXTS)
+    for a, b in zip(logits, g_logits):  # the cache is bf16: the tiny model's weights are not all bf16 values
+        assert torch.allclose(a, b, atol=0.05 * b.std()), (a - b).abs().max()
+    parses.clear()
+    assert models.materialize(str(tmp_path / "m.gguf")) == (kind, folder) and not parses  # cached

@@ -25,6 +25,13 @@ def test_answer_vocabulary_keeps_the_answers_scripts(gemma_tokenizer):
     assert set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") <= pieces  # but any name can be spelled
     assert not set(encode("Привет")) & kept and not set(encode("नमस्ते")) & kept
     assert 0.02 < len(korean) / len(tok) < 0.25
+    # names in the answers may use every Latin letter: Latin words stay out all the same
+    korean_text = "안녕하세요, 저는 서울에 있는 회사에서 일하는 개발자입니다. 오늘은 날씨가 아주 좋습니다. " * 6
+    names = encode("The quick brown fox jumps over the lazy dog")
+    with_names = set(vocab.answer_vocabulary(tok, [encode(korean_text) + [eot], names + [eot]], [eot]))
+    assert set(names) <= with_names
+    assert tok.convert_tokens_to_ids("▁Hello") not in with_names
+    assert tok.convert_tokens_to_ids("▁Samsung") not in with_names
     prices = set(vocab.answer_vocabulary(tok, [encode("24.00") + [eot], encode("1,299.99") + [eot]], [eot]))
     assert set(encode("7305.50")) <= prices and not set(encode("about")) & prices and len(prices) < 0.03 * len(tok)
 
