@@ -8,7 +8,9 @@ with the same model object (the base model, or a run's fine-tuned adapter with -
 weights and dtype, the same prompts, the same max_new_tokens and the same stop tokens (end-of-turn, EOS).
 
   ours  shared.generate.generate: prompts sorted by length, left-padded batches of --batch-size, every
-        sequence stops on its own end-of-turn, the batch stops when all have.
+        sequence stops on its own end-of-turn (and, with the config's generate.first_line, at its first line
+        break: only the first line is compared, so that changes no output), the batch stops when all have.
+        The loop guard is off on this side, as the loop has none.
   loop  what the usual notebooks do: for each example, tokenize the one prompt (no added special tokens: the
         rendered prompt already starts with BOS), model.generate(greedy), decode the new tokens.
 
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     from shared.generate import generate
 
     model, tokenizer, fmt, cfg = load_model(a)
-    gen = dataclasses.replace(cfg.generate, batch_size=a.batch_size, do_sample=False,
+    # The loop has no loop guard, so ours runs without one too: the guard changes what a looping answer says.
+    gen = dataclasses.replace(cfg.generate, batch_size=a.batch_size, do_sample=False, loop_guard=False,
                               max_new_tokens=a.max_new_tokens or cfg.generate.max_new_tokens)
     rows = TASK.read(a.data, DataReport(), limit=a.limit, drop_duplicates=False)
     prompts = [TASK.inference_prompt(r, fmt) for r in rows]

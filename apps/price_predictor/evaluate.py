@@ -46,7 +46,9 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     if ensemble and len(valid_rows) < blend.MIN_ITEMS:
         log(f"no ensemble: the run has {len(valid_rows)} validation rows (at least {blend.MIN_ITEMS} needed)")
     valid_rows = valid_rows if ensemble and len(valid_rows) >= blend.MIN_ITEMS else []
-    gen = dataclasses.replace(plan.cfg.generate, **{k: v for k, v in decoding.items() if v})
+    settings = {f.name for f in dataclasses.fields(plan.cfg.generate)}  # decoding also carries full_vocab
+    gen = dataclasses.replace(plan.cfg.generate,
+                              **{k: v for k, v in decoding.items() if k in settings and v is not None})
     timings: dict = {}
 
     def estimates(model, tokenizer, fmt, prompts, progress: str, timing: str):
