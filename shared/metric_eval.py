@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from . import vocab
 from .config import GenerateSettings
 from .log import log
 from .task import Task
@@ -21,8 +22,10 @@ from .task import Task
 class ProductMetric:
     """Callable on a model: (metric name, value) on the first `samples` validation rows, greedy decoding."""
 
-    def __init__(self, task: Task, rows: list, tokenizer, fmt, gen: GenerateSettings, samples: int):
+    def __init__(self, task: Task, rows: list, tokenizer, fmt, gen: GenerateSettings, samples: int,
+                 output_ids: list[int] | None = None):
         self.task, self.rows, self.tokenizer, self.fmt = task, rows[:samples], tokenizer, fmt
+        self.output_ids = output_ids  # the run's output vocabulary: decode over it, as evaluate does
         self.gen = GenerateSettings(**{**gen.__dict__, "do_sample": False})  # a repeatable measurement
         self.prompts = [task.inference_prompt(r, fmt) for r in self.rows]
         self.budgets = [task.answer_budget(r, tokenizer) for r in self.rows]
@@ -38,7 +41,7 @@ class ProductMetric:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), vocab.limited_vocabulary(model, self.output_ids):
                 answers = generate(model, self.tokenizer, self.fmt, self.prompts, self.gen, self.budgets)
         finally:
             model.train(was_training)
@@ -47,8 +50,9 @@ class ProductMetric:
         return value
 
 
-def for_run(task: Task, cfg, valid_rows: list, tokenizer, fmt) -> ProductMetric | None:
+def for_run(task: Task, cfg, valid_rows: list, tokenizer, fmt, output_ids: list[int] | None = None
+            ) -> ProductMetric | None:
     """The run's product metric, or None when the task has none, there is no validation data, or it is off."""
     if not task.metric_name or not valid_rows or cfg.train.metric_samples <= 0 or cfg.train.eval_steps <= 0:
         return None
-    return ProductMetric(task, valid_rows, tokenizer, fmt, cfg.generate, cfg.train.metric_samples)
+    return ProductMetric(task, valid_rows, tokenizer, fmt, cfg.generate, cfg.train.metric_samples, output_ids)

@@ -441,7 +441,8 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
     output_ids = output_vocabulary(cfg, tokenizer, fmt, train_ds, valid_ds)
     with _owned(prep.run_dir):
         run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
-        metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt)
+        metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt,
+                                     output_ids)
         trainer = build_trainer(cfg, args, run, model, tokenizer, train_ds, valid_ds, callbacks, metric)
         loss_settings(trainer, cfg, model, output_ids)
         if output_ids is not None and runs.is_main_process():

@@ -164,6 +164,22 @@ def limit_output_layer(model, ids: list[int]) -> LimitedOutputLayer:
 
 
 @contextlib.contextmanager
+def limited_vocabulary(model, ids: list[int] | None):
+    """Inside the block the model decodes over `ids` only, as `evaluate` will decode the finished run (the
+    training model keeps its full output layer for the loss); no-op when ids is None."""
+    if ids is None:
+        yield model
+        return
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    limit_output_layer(model, ids)
+    try:
+        yield model
+    finally:
+        inner.set_output_embeddings(head)
+
+
+@contextlib.contextmanager
 def full_vocabulary(model):
     """Inside the block the model decodes over its whole vocabulary again (no-op without a limited layer)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -106,6 +106,29 @@ def test_best_checkpoint_by_the_product_metric_becomes_the_adapter(tiny_model_di
     assert (run_dir / "loss.png").stat().st_size > 5_000
 
 
+def test_the_metric_during_training_decodes_over_the_output_vocabulary(tiny_model_dir, data, tmp_path,
+                                                                       monkeypatch):
+    """As evaluate will decode the finished run; the loss keeps the full output layer between evaluations."""
+    import shared.generate
+    from shared import vocab
+
+    heads, generate = [], shared.generate.generate
+
+    def spy(model, *args, **kwargs):
+        heads.append(model.get_base_model().get_output_embeddings())
+        return generate(model, *args, **kwargs)
+    monkeypatch.setattr(shared.generate, "generate", spy)
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "run", **{"train.eval_steps": 1, "train.metric_samples": 4,
+                                                          "train.output_vocab": "answers"})
+    run_dir = train(TASK, cfg, tmp_path / "run", "t")
+    ids = vocab.load(run_dir)
+    assert len(heads) >= 3 and all(isinstance(h, vocab.LimitedOutputLayer) for h in heads)
+    assert all(h.ids.tolist() == ids for h in heads) and len(ids) < heads[0].weight.shape[0]
+    record = runs.Run.load(run_dir).record
+    assert [p["step"] for p in record.loss_curve if "eval_chrf" in p][:3] == [1, 2, 3]
+    assert record.status == "completed"
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"train.keep": "best_metric"}, "needs evaluations during training"),
     ({"train.keep": "best_loss", "train.eval_steps": 2, "train.save_steps": 3}, "must be a multiple"),
