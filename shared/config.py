@@ -124,6 +124,10 @@ class TrainSettings:
                            "save_steps a multiple of it).", ("last", "best_metric", "best_loss"))
     early_stopping: int = _f(0, "Stop after this many evaluations without improvement of what `keep` watches "
                                 "(0 = never).", min=0)
+    method: str = _f("lora", "What trains: lora = a LoRA adapter (the lora.* settings), written to adapter/; full = "
+                             "every weight of the transformer body, embeddings and output layer frozen, written "
+                             "to model/ as a transformers model (small models: Adam keeps 12 bytes per weight; "
+                             "use a lower lr, e.g. 5e-5).", ("lora", "full"))
     neftune_alpha: float = _f(0.0, "NEFTune: uniform noise of this scale on the input embeddings while training "
                                    "(5 in the paper; 0 = off).", min=0)
 
@@ -428,7 +432,20 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("lora.init=pissa works on an unquantized base without rsLoRA (its adapter is saved as "
                           "a plain LoRA, which PEFT cannot do for rsLoRA); set lora.use_rslora false and "
                           "model.quantization none, or use lora.init default")
+    _check_method(cfg)
     return cfg
+
+
+def _check_method(cfg: RunConfig) -> None:
+    if cfg.train.method != "full":
+        return
+    if cfg.model.quantization != "none":
+        raise ConfigError(f"train.method=full trains the weights themselves, which a {cfg.model.quantization} base "
+                          "cannot: set model.quantization none (QLoRA is train.method lora)")
+    lora = cfg.lora
+    if lora.use_dora or lora.use_rslora or lora.init != "default":
+        raise ConfigError("lora.use_dora, lora.use_rslora and lora.init shape a LoRA adapter; train.method=full "
+                          "has none: drop them or use train.method lora")
 
 
 def _check_keep(t: TrainSettings) -> None:

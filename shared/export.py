@@ -30,7 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import gguf_export, runs
+from . import full, gguf_export, runs
 from .config import ConfigError
 
 
@@ -127,7 +127,7 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
     trained = run.config().model
     t0 = time.time()
     model, tokenizer, fmt, cfg = load_run(run, model_overrides=overrides, limit_vocab=False)
-    merged = model.merge_and_unload()
+    merged = full.detach(model) if run.is_full else model.merge_and_unload()
     weights = {p.dtype for p in merged.parameters()}
     if not weights <= {torch.bfloat16, torch.float16, torch.float32}:
         raise ConfigError(f"the base loaded with weights {weights}, not 16-/32-bit floats; nothing was written")
@@ -136,7 +136,8 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
 
     info = {"run": str(run.path.resolve()), "base": cfg.model.name, "trained_quantization": trained.quantization,
             "merged_dtype": str(next(iter(weights))).replace("torch.", ""), "chat_format": fmt.family,
-            "end_of_turn": fmt.end_of_turn, "lora": run.record.config.get("lora"),
+            "end_of_turn": fmt.end_of_turn, "method": run.record.config.get("train", {}).get("method", "lora"),
+            "lora": None if run.is_full else run.record.config.get("lora"),
             "exported": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": runs.versions()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -11,14 +11,14 @@ from typing import Iterable, Iterator
 
 import torch
 
-from . import models, runs, vocab
+from . import full, models, runs, vocab
 from .chat import ChatFormat
 from .config import ConfigError, GenerateSettings, RunConfig, apply
 from .log import log
 
 
 def load_run(run: runs.Run, model_overrides: dict | None = None, limit_vocab: bool = True):
-    """(model with the run's adapter, tokenizer, chat format, run config) for inference.
+    """(model with the run's adapter, or its fully fine-tuned weights, tokenizer, chat format, run config).
 
     model_overrides: model.* settings changed for this load only, e.g. {"quantization": "none"} to put the
     adapter on an unquantized copy of the base (shared/export.py). limit_vocab: decode over the run's output
@@ -28,23 +28,19 @@ def load_run(run: runs.Run, model_overrides: dict | None = None, limit_vocab: bo
     cfg: RunConfig = run.config()
     if model_overrides:
         apply(cfg, {f"model.{key}": value for key, value in model_overrides.items()})
-    adapter = run.adapter_dir
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"{adapter} has no adapter_config.json")
-    if not (adapter / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
-        raise ConfigError(f"{adapter} has no adapter_model.safetensors; adapter weights are loaded only from "
-                          "safetensors (a .bin file is a pickle, and unpickling can run code)")
+    weights = run.weights_dir
+    _check_weights_folder(weights, run.is_full)
     model, tokenizer, fmt = models.load(cfg.model, training=False)
     if record.base_model:
         differs = models.same_base(record.base_model, models.fingerprint(model))
         if differs:
-            raise ConfigError(f"the adapter in {run_dir} was trained on another base model than the one "
+            raise ConfigError(f"the {weights.name} in {run_dir} was trained on another base model than the one "
                               f"'{cfg.model.name}' now loads ({differs}). Put the original base back at that "
                               "path, or train a new run on this one.")
     try:
-        model = models.attach_adapter(model, adapter)
+        model = full.attach(model, weights) if run.is_full else models.attach_adapter(model, weights)
     except (RuntimeError, ValueError, KeyError) as e:  # shape mismatch, missing target modules
-        raise ConfigError(f"the adapter in {run_dir} does not fit the base model '{cfg.model.name}' "
+        raise ConfigError(f"the {weights.name} in {run_dir} does not fit the base model '{cfg.model.name}' "
                           f"({e.__class__.__name__}: {str(e).strip().splitlines()[-1][:200]})") from None
     model.eval()
     if limit_vocab and cfg.train.output_vocab == "answers":
@@ -59,16 +55,30 @@ def load_run(run: runs.Run, model_overrides: dict | None = None, limit_vocab: bo
     return model, tokenizer, fmt, cfg
 
 
+def _check_weights_folder(weights, is_full: bool) -> None:
+    if is_full:
+        if not (weights / "config.json").is_file():
+            raise ConfigError(f"{weights} has no config.json")
+        return
+    if not (weights / "adapter_config.json").is_file():
+        raise ConfigError(f"{weights} has no adapter_config.json")
+    if not (weights / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
+        raise ConfigError(f"{weights} has no adapter_model.safetensors; adapter weights are loaded only from "
+                          "safetensors (a .bin file is a pickle, and unpickling can run code)")
+
+
 @contextlib.contextmanager
 def base_model(model):
-    """Run the base model from the same weights: the LoRA adapter is switched off inside the block, and the
-    base decodes over its whole vocabulary, as it would on its own."""
+    """Run the base model from the same weights: the LoRA adapter is switched off inside the block (a fully
+    fine-tuned body gets the base's weights back, shared/full.py), and the base decodes over its whole
+    vocabulary, as it would on its own."""
     with vocab.full_vocabulary(model):
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
                 yield model
         else:
-            yield model
+            with full.base_weights(model):
+                yield model
 
 
 def stop_ids(tokenizer, fmt: ChatFormat) -> list[int]:

@@ -1,9 +1,9 @@
 """Run folders: where they live, what makes a folder a run, and the typed record in run.json.
 
 A run folder holds run.json (the `RunRecord`: status, resolved config, versions, timings, loss curve,
-evaluations), config.yaml, data_report.json, loss.png, adapter/ (PEFT format), checkpoints/ (Hugging Face
-checkpoint-N folders) and eval/<name>/ per evaluated test file. run.json's "status" is "running" until the
-adapter is fully written; only then does it become "completed".
+evaluations), config.yaml, data_report.json, loss.png, adapter/ (PEFT format) or model/ (train.method full),
+checkpoints/ (Hugging Face checkpoint-N folders) and eval/<name>/ per evaluated test file. run.json's "status"
+is "running" until the adapter (or model) is fully written; only then does it become "completed".
 
 The project owns a folder only when its run.json carries the marker below: nothing else is ever deleted,
 overwritten or moved aside. Every reader goes through `Run.load`, which turns a truncated, empty, non-UTF-8
@@ -217,12 +217,23 @@ class Run:
         return self.path / "adapter"
 
     @property
+    def is_full(self) -> bool:
+        """Trained with train.method = full: the weights are a model folder, not an adapter."""
+        return (self.record.config.get("train") or {}).get("method") == "full"
+
+    @property
+    def weights_dir(self) -> Path:
+        """What training produced: adapter/ (PEFT adapter) or model/ (a transformers model, shared/full.py)."""
+        return self.path / "model" if self.is_full else self.adapter_dir
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
     @property
     def finished(self) -> bool:
-        return (self.adapter_dir / "adapter_config.json").is_file() and self.record.status == "completed"
+        marker = "config.json" if self.is_full else "adapter_config.json"
+        return (self.weights_dir / marker).is_file() and self.record.status == "completed"
 
     def config(self) -> RunConfig:
         """The run's resolved config (data paths anchored as when it was trained)."""
@@ -241,7 +252,7 @@ class Run:
             raise ConfigError(f"{self.path} is a {self.record.product} run, not a {product} run; "
                               f"pass a {product} run with --run")
         if finished and not self.finished:
-            raise ConfigError(f"run {self.path} has no finished adapter (status: {self.record.status}). "
+            raise ConfigError(f"run {self.path} has no finished {self.weights_dir.name} (status: {self.record.status}). "
                               f"Resume it: {self.command('train')} --output-dir {self.path} --resume")
         return self
 

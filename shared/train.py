@@ -1,8 +1,10 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter, writing one run folder.
+"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter (or the whole body, shared/full.py),
+writing one run folder.
 
 Flow: read + validate data -> tokenize once (prompt and completion separately, so the loss mask is exact)
 -> drop rows over max_length (counted) -> SFTTrainer(peft_config=LoraConfig) with completion-only loss
--> checkpoints every save_steps (resumable) -> adapter/ written atomically -> run.json status "completed".
+-> checkpoints every save_steps (resumable) -> adapter/ (or model/) written atomically -> run.json status
+"completed".
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import metric_eval, models, runs, vocab
+from . import full, metric_eval, models, runs, vocab
 from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
@@ -119,13 +121,20 @@ def check_output(run_dir: Path) -> None:
 
 
 def estimate_run_bytes(model, tokenizer, cfg: RunConfig) -> int:
-    """Disk a run needs, estimated before it starts: each checkpoint holds the LoRA weights, Adam's two moments
-    and the tokenizer; save_total_limit of them are kept (plus the one being written), then the adapter."""
-    lora = sum(cfg.lora.r * (m.in_features + m.out_features)
-               for m in models.targeted_linears(model, lora_targets(cfg, model)))
+    """Disk a run needs, estimated before it starts: each checkpoint holds the trained weights (fp32), Adam's
+    two moments and the tokenizer, and under full fine-tuning the frozen weights too; save_total_limit of them
+    are kept (plus the one being written), then the adapter or model folder."""
     folder = Path(getattr(tokenizer, "name_or_path", "") or "/nonexistent")
     tok = sum(f.stat().st_size for f in folder.glob("tokenizer*") if f.is_file()) if folder.is_dir() else 0
     kept = (cfg.train.save_total_limit or 1) + 1
+    if cfg.train.method == "full":
+        frozen = full.frozen_parameters(model)
+        body = sum(p.numel() for p in model.parameters() if id(p) not in frozen)
+        rest = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) in frozen)
+        final = sum(p.numel() * p.element_size() for p in model.parameters())
+        return int(1.2 * (kept * (12 * body + rest + tok) + final + tok)) + (16 << 20)
+    lora = sum(cfg.lora.r * (m.in_features + m.out_features)
+               for m in models.targeted_linears(model, lora_targets(cfg, model)))
     return int(1.2 * (kept * (12 * lora + tok) + 4 * lora + tok)) + (16 << 20)
 
 
@@ -237,9 +246,14 @@ def check_processes(cfg: RunConfig) -> None:
 
 def check_method(cfg: RunConfig) -> None:
     """Unsloth builds its own LoRA layers: the PEFT-only variants are refused there, before anything loads."""
-    if (cfg.lora.use_dora or cfg.lora.init != "default") and models.resolve_backend(cfg.model) == "unsloth":
+    if models.resolve_backend(cfg.model) != "unsloth":
+        return
+    if cfg.lora.use_dora or cfg.lora.init != "default":
         raise ConfigError("lora.use_dora and lora.init pissa/gaussian need the transformers backend (Unsloth builds "
                           "its own LoRA layers): add --backend transformers")
+    if cfg.train.method == "full":
+        raise ConfigError("train.method=full runs on the transformers backend (the Unsloth backend here trains "
+                          "LoRA adapters): add --backend transformers")
 
 
 def report_to(cfg: RunConfig) -> list[str]:
@@ -535,9 +549,11 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    peft_config = lora_config(cfg, model)
+    peft_config = lora_config(cfg, model) if cfg.train.method == "lora" else None
     torch.manual_seed(cfg.train.seed)  # the adapter's initialisation (and PiSSA's randomized SVD) from the seed
-    if models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
+    if cfg.train.method == "full":
+        full.prepare(model)
+    elif models.resolve_backend(cfg.model) == "unsloth":  # Unsloth adds the LoRA layers itself (its kernels)
         from .unsloth_backend import add_lora
         model, peft_config = add_lora(model, cfg), None
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,
@@ -551,11 +567,18 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
     if cfg.lora.init == "pissa":
         _keep_pissa_start(trainer, run.path)
-    trainable, total = trainer.model.get_nb_trainable_parameters()
+    trainable, total = trainable_parameters(trainer.model)
     run.record.parameters = {"trainable": trainable, "total": total}
-    log(f"training {trainable:,} LoRA parameters of {total:,}; bf16={args.bf16} fp16={args.fp16}; "
-        f"run folder {run.path}")
+    what = "LoRA parameters" if cfg.train.method == "lora" else "weights of the body (embeddings frozen)"
+    log(f"training {trainable:,} {what} of {total:,}; bf16={args.bf16} fp16={args.fp16}; run folder {run.path}")
     return trainer
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts the adapter against the base
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: bool):
@@ -575,7 +598,7 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
         # every step, so --resume only redoes this part).
         if has_eval:
             run.record.eval_loss = trainer.evaluate().get("eval_loss")
-        _save_adapter(trainer, tokenizer, run.adapter_dir)
+        _save_weights(trainer, tokenizer, run.weights_dir, run.is_full)
     except KeyboardInterrupt:
         run.record.status, run.record.loss_curve = "interrupted", _curve(trainer.state.log_history)
         if main:
@@ -628,8 +651,8 @@ def _keep_pissa_start(trainer, run_dir: Path) -> None:
         trainer.model.save_pretrained(str(start), save_embedding_layers=False)
 
 
-def _save_adapter(trainer, tokenizer, out: Path) -> None:
-    """Write adapter/ beside, then swap it in, so a crash never leaves a half-written adapter folder."""
+def _save_weights(trainer, tokenizer, out: Path, full_model: bool) -> None:
+    """Write adapter/ (or model/) beside, then swap it in, so a crash never leaves a half-written folder."""
     tmp = out.with_name(out.name + ".tmp")
     main = trainer.args.should_save  # rank 0 under several processes
     if main:
@@ -642,7 +665,10 @@ def _save_adapter(trainer, tokenizer, out: Path) -> None:
         start = out.parent / PISSA_START
         # a PiSSA adapter is saved as the plain LoRA (rank 2r) it amounts to on the unmodified base
         convert = {"path_initial_model_for_weight_conversion": str(start)} if start.is_dir() else {}
-        trainer.model.save_pretrained(str(tmp), save_embedding_layers=False, **convert)
+        if full_model:
+            full.save(trainer.model, tokenizer, tmp)
+        else:
+            trainer.model.save_pretrained(str(tmp), save_embedding_layers=False, **convert)
     if main:
         tokenizer.save_pretrained(str(tmp))
         if out.exists():

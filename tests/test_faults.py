@@ -293,12 +293,12 @@ def test_a_stop_while_writing_the_adapter_leaves_no_adapter(tiny_model_dir, pair
                                                             monkeypatch):
     from shared import train as train_mod
 
-    def stopped(trainer, tokenizer, out):
+    def stopped(trainer, tokenizer, out, full_model):
         (out.with_name("adapter.tmp")).mkdir()
         raise KeyboardInterrupt("Ctrl-C while writing adapter/")
 
     run = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "_save_adapter", stopped)
+    monkeypatch.setattr(train_mod, "_save_weights", stopped)
     with pytest.raises(KeyboardInterrupt):
         train(TASK, _cfg(tiny_model_dir, pairs, run), run, "t")
     monkeypatch.undo()

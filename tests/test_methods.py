@@ -80,6 +80,86 @@ def test_each_method_gives_a_standard_adapter(method, tiny_model_dir, data, tmp_
         assert config["r"] == 8 and config["init_lora_weights"] is True  # converted to a plain rank-2r LoRA
 
 
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def test_full_fine_tuning_writes_a_model_folder_of_the_trained_body(tiny_model_dir, data, tmp_path):
+    """model/ loads with plain transformers and gives what the trained model gave; only the body changed; the
+    project loads it onto the base, and base outputs come from the same loaded model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from shared import export
+    from shared.generate import base_model, load_run
+
+    probe = Probe(tiny_model_dir)
+    run_dir = train(TASK, _cfg(tiny_model_dir, data, tmp_path / "run", **{"train.method": "full", "train.lr": 1e-3}),
+                    tmp_path / "run", "t", callbacks=(probe.callback(),))
+    assert (run_dir / "model" / "config.json").is_file() and not (run_dir / "adapter").exists()
+    run = runs.Run.load(run_dir)
+    assert run.finished and run.weights_dir == run_dir / "model"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=torch.float32).eval()  # nothing of ours
+    assert torch.allclose(_logits(plain, probe.ids), probe.logits, atol=1e-4)
+    before, after = base.state_dict(), load_file(run_dir / "model" / "model.safetensors")
+    frozen = ("model.embed_tokens.weight", "lm_head.weight")
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    changed = [k for k in after if k not in frozen and not torch.equal(before[k], after[k])]
+    assert any("mlp" in k for k in changed) and any("self_attn" in k for k in changed)
+    body = sum(v.numel() for k, v in before.items() if k not in frozen)
+    assert run.record.parameters["trainable"] == body
+
+    model, *_ = load_run(run, limit_vocab=False)
+    tuned = _logits(model, probe.ids)
+    assert torch.allclose(tuned, probe.logits, atol=1e-4)
+    with base_model(model):
+        assert torch.allclose(_logits(model, probe.ids), _logits(base, probe.ids), atol=1e-5)
+    assert torch.equal(_logits(model, probe.ids), tuned)  # the fine-tuned weights are back
+
+    info = export.merge(run, tmp_path / "merged")
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    assert info["method"] == "full" and info["lora"] is None
+    assert all(torch.allclose(merged[k].float(), after[k].float()) for k in after)
+
+
+def test_full_fine_tuning_keeps_the_trained_weights_in_float32_and_the_embeddings_frozen(tiny_model_dir):
+    """bf16's 8-bit mantissa would round small updates away: the trained weights train in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from shared import full
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    trainable = full.prepare(model)
+    train_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == sum(p.numel() for p in train_params.values())
+    assert all(p.dtype == torch.float32 for p in train_params.values())
+    assert "model.embed_tokens.weight" not in train_params and "lm_head.weight" not in train_params
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16  # frozen ones stay as loaded
+
+
+def test_a_stopped_full_fine_tuning_resumes_to_the_same_weights(tiny_model_dir, data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class StopAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt("stopped after checkpoint-2")
+
+    extra = {"train.method": "full", "train.lr": 1e-3}
+    straight = train(TASK, _cfg(tiny_model_dir, data, tmp_path / "a", **extra), tmp_path / "a", "t")
+    with pytest.raises(KeyboardInterrupt):
+        train(TASK, _cfg(tiny_model_dir, data, tmp_path / "b", **extra), tmp_path / "b", "t",
+              callbacks=(StopAfterSave(),))
+    assert runs.Run.load(tmp_path / "b").record.status == "interrupted"
+    resumed = train(TASK, _cfg(tiny_model_dir, data, tmp_path / "b", **extra), tmp_path / "b", "t", resume=True)
+    a, b = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
+    assert runs.Run.load(resumed).record.train["steps_this_session"] == 1
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_best_checkpoint_by_the_product_metric_becomes_the_adapter(tiny_model_dir, data, tmp_path, monkeypatch):
     """The metric peaks at step 2 while the loss keeps falling: step 2's adapter is kept."""
     from safetensors.torch import load_file
@@ -135,6 +215,8 @@ def test_the_metric_during_training_decodes_over_the_output_vocabulary(tiny_mode
     ({"train.keep": "best_metric", "train.eval_steps": 1}, "needs train.metric_samples"),
     ({"train.early_stopping": 2}, "needs train.keep"),
     ({"lora.init": "pissa", "lora.use_rslora": True}, "lora.init=pissa"),
+    ({"train.method": "full", "model.quantization": "4bit"}, "cannot: set model.quantization none"),
+    ({"train.method": "full", "lora.use_dora": True}, "train.method=full has none"),
 ])
 def test_inconsistent_method_settings_are_refused(extra, message, tiny_model_dir, data, tmp_path):
     with pytest.raises(ConfigError, match=message):
