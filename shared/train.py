@@ -179,7 +179,8 @@ def _trainer_class():
                 loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch,
                                                                              self.share_prefix, self.output_vocab))
             else:
-                loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix, self.output_vocab)
+                with self.mixed_precision():
+                    loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix, self.output_vocab)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
@@ -187,6 +188,12 @@ def _trainer_class():
         product_metric = None  # metric_eval.ProductMetric, set by build_trainer when the run asks for one
         share_prefix = False  # train.share_prefix, set by build_trainer (shared/loss.py:backbone_hidden)
         output_vocab = None  # shared.vocab.OutputVocab when train.output_vocab = answers
+        autocast = False  # set by loss_settings for train.method = full (fp32 trained weights, bf16 matmuls)
+
+        def mixed_precision(self):
+            """Autocast around our calls into the model: they bypass the forward accelerate wraps in autocast.
+            LoRA layers cast their input themselves; a float32 body next to bf16 embeddings needs autocast."""
+            return self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
 
         def evaluation_loop(self, *args, **kwargs):
             """The validation loss, plus the product's metric on generated answers in the same metrics dict:
@@ -194,7 +201,8 @@ def _trainer_class():
             output = super().evaluation_loop(*args, **kwargs)
             prefix = kwargs.get("metric_key_prefix", "eval")
             if self.product_metric is not None and prefix == "eval":
-                output.metrics[f"eval_{self.product_metric.task.metric_name}"] = self.product_metric(self.model)
+                with self.mixed_precision():
+                    output.metrics[f"eval_{self.product_metric.task.metric_name}"] = self.product_metric(self.model)
             return output
 
     return CompletionSFTTrainer
@@ -470,6 +478,7 @@ def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) 
     """The answer-only loss's options on a CompletionSFTTrainer: the shared prefix and the output vocabulary."""
     # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
     trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
+    trainer.autocast = cfg.train.method == "full"
     if output_ids is not None:
         trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
 

@@ -139,6 +139,20 @@ def test_full_fine_tuning_keeps_the_trained_weights_in_float32_and_the_embedding
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16  # frozen ones stay as loaded
 
 
+def test_full_fine_tuning_on_a_bf16_base_trains_with_bf16_matmuls(tiny_gemma_dir, data, tmp_path):
+    """As the cpu profile runs on a CPU with fast bf16: the float32 body meets bf16 embeddings under autocast,
+    in the loss and in the product metric's generation; model/ is saved in the base's bf16."""
+    from safetensors.torch import load_file
+
+    extra = {"train.method": "full", "train.lr": 1e-3, "model.dtype": "bfloat16", "train.bf16": "true",
+             "train.eval_steps": 1, "train.metric_samples": 2, "train.max_steps": 2}
+    run_dir = train(TASK, _cfg(tiny_gemma_dir, data, tmp_path / "run", **extra), tmp_path / "run", "t")
+    record = runs.Run.load(run_dir).record
+    assert [p["step"] for p in record.loss_curve if "eval_chrf" in p][:2] == [1, 2]
+    weights = load_file(run_dir / "model" / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+
+
 def test_a_stopped_full_fine_tuning_resumes_to_the_same_weights(tiny_model_dir, data, tmp_path):
     from safetensors.torch import load_file
     from transformers import TrainerCallback
