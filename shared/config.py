@@ -442,10 +442,8 @@ def _check_method(cfg: RunConfig) -> None:
     if cfg.model.quantization != "none":
         raise ConfigError(f"train.method=full trains the weights themselves, which a {cfg.model.quantization} base "
                           "cannot: set model.quantization none (QLoRA is train.method lora)")
-    lora = cfg.lora
-    if lora.use_dora or lora.use_rslora or lora.init != "default":
-        raise ConfigError("lora.use_dora, lora.use_rslora and lora.init shape a LoRA adapter; train.method=full "
-                          "has none: drop them or use train.method lora")
+    # The lora section (r, alpha, rsLoRA, DoRA, init) is not used, as with any option of a method not chosen: a
+    # profile tuned for LoRA stays usable with --train.method full, and train logs that the section is ignored.
 
 
 def _check_keep(t: TrainSettings) -> None:

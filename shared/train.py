@@ -574,11 +574,13 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     trainer.product_metric = metric
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
-    if cfg.lora.init == "pissa":
+    if cfg.train.method == "lora" and cfg.lora.init == "pissa":
         _keep_pissa_start(trainer, run.path)
     trainable, total = trainable_parameters(trainer.model)
     run.record.parameters = {"trainable": trainable, "total": total}
     what = "LoRA parameters" if cfg.train.method == "lora" else "weights of the body (embeddings frozen)"
+    if cfg.train.method == "full":
+        log("train.method full: the lora settings (r, alpha, rsLoRA, DoRA, init) are not used")
     log(f"training {trainable:,} {what} of {total:,}; bf16={args.bf16} fp16={args.fp16}; run folder {run.path}")
     return trainer
 

@@ -230,11 +230,18 @@ def test_the_metric_during_training_decodes_over_the_output_vocabulary(tiny_mode
     ({"train.early_stopping": 2}, "needs train.keep"),
     ({"lora.init": "pissa", "lora.use_rslora": True}, "lora.init=pissa"),
     ({"train.method": "full", "model.quantization": "4bit"}, "cannot: set model.quantization none"),
-    ({"train.method": "full", "lora.use_dora": True}, "train.method=full has none"),
 ])
 def test_inconsistent_method_settings_are_refused(extra, message, tiny_model_dir, data, tmp_path):
     with pytest.raises(ConfigError, match=message):
         _cfg(tiny_model_dir, data, tmp_path / "run", **extra)
+
+
+def test_full_fine_tuning_accepts_a_profile_tuned_for_lora():
+    """The translator's cpu profile sets lora.use_rslora; --train.method full must still resolve with it."""
+    from shared.config import resolve
+
+    cfg = resolve(yaml_path="apps/translator/configs/cpu.yaml", cli={"train.method": "full", "train.lr": 5e-5})
+    assert cfg.train.method == "full" and cfg.lora.use_rslora
 
 
 def test_the_products_metrics_on_known_answers():
