@@ -201,14 +201,14 @@ def _parameter_counts(peft_model) -> dict:
 
 
 def stock_lora_config(cfg):
-    """The LoraConfig a user of stock PEFT writes: the same rank, alpha, dropout and target names."""
+    """The LoraConfig a user of stock PEFT writes: the same rank, alpha, dropout, target names and scaling."""
     from peft import LoraConfig
 
     from shared import models
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
                       target_modules=cfg.lora.target_modules or models.default_target_modules(cfg.model),
-                      task_type="CAUSAL_LM")
+                      use_rslora=cfg.lora.use_rslora, task_type="CAUSAL_LM")
 
 
 def _side_result(side: str, trainer, meter, load_s: float, weight_dtype) -> dict:

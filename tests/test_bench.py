@@ -103,3 +103,14 @@ def test_eval_throughput_with_budgets(tiny_model_dir, short_pairs, capsys):
     out = main(["--model", str(tiny_model_dir), "--chat-template", "chatml", "--data", str(short_pairs),
                 "--limit", "4", "--batch-size", "4", "--max-new-tokens", "6", "--dtype", "float32", "--budgets"])
     assert out["budgets"] is True and out["n"] == 4 and out["speedup"] > 0
+
+
+def test_stock_side_gets_the_same_lora_as_ours(tiny_model_dir):
+    """The stock LoraConfig mirrors the profile's rank, alpha and scaling (rsLoRA on the translator's cpu
+    profile): otherwise the 'same loss after the same examples' row compares two different adapters."""
+    from bench.train_throughput import bench_config, parse_args, stock_lora_config
+
+    cfg = bench_config(parse_args(["--model", str(tiny_model_dir)]))
+    stock = stock_lora_config(cfg)
+    assert cfg.lora.use_rslora and stock.use_rslora
+    assert (stock.r, stock.lora_alpha, stock.lora_dropout) == (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
