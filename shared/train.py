@@ -578,8 +578,10 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
         _keep_pissa_start(trainer, run.path)
     trainable, total = trainable_parameters(trainer.model)
     run.record.parameters = {"trainable": trainable, "total": total}
-    what = "LoRA parameters" if cfg.train.method == "lora" else "weights of the body (embeddings frozen)"
-    if cfg.train.method == "full":
+    if cfg.train.method == "lora":
+        what = "LoRA parameters"
+    else:
+        what = "weights of the body (embeddings frozen)"
         log("train.method full: the lora settings (r, alpha, rsLoRA, DoRA, init) are not used")
     log(f"training {trainable:,} {what} of {total:,}; bf16={args.bf16} fp16={args.fp16}; run folder {run.path}")
     return trainer
