@@ -10,6 +10,9 @@ Sources, in the order a name is tried:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import json
 import os
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import runs
+from . import lean_norm, runs
 from .chat import ChatFormat, detect_family, get_format
 from .config import ConfigError, ModelConfig
 from .log import log
@@ -342,9 +345,32 @@ def _quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=weight_dtype(cfg))
 
 
+def _drop_construction_lists(tokenizer) -> None:
+    """Free the Python vocabulary and merge list transformers builds a fast tokenizer from and then keeps for the
+    tokenizer's lifetime: only the constructor reads them (the Rust tokenizer holds its own copy), and for
+    Gemma 3 (262k tokens, 515k merges) they are 143 MB of resident memory, measured."""
+    code = getattr(getattr(type(tokenizer), "save_vocabulary", None), "__code__", None)
+    if getattr(tokenizer, "_tokenizer", None) is None or (code is not None and "_merges" in code.co_names):
+        return  # not a fast tokenizer, or one that writes its merges from the list (Whisper)
+    for name in ("_vocab", "_merges"):
+        if isinstance(getattr(tokenizer, name, None), (dict, list)):
+            setattr(tokenizer, name, None)
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc malloc_trim; a no-op elsewhere). Parsing a 33 MB
+    tokenizer.json leaves ~60 MB freed but resident, which would count in every later peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def load_tokenizer(where: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
+    _drop_construction_lists(tokenizer)
     fmt = chat_format_for(cfg, tokenizer)
     ends = {tokenizer.convert_tokens_to_ids(fmt.end_of_turn), tokenizer.convert_tokens_to_ids(fmt.end_of_text),
             tokenizer.eos_token_id}
@@ -453,7 +479,10 @@ def load(cfg: ModelConfig, training: bool = True):
     except (OSError, ValueError) as e:
         raise _load_error(cfg, kind, where, e) from None
     _contiguous_output_layer(model)
-    log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}")
+    lean = lean_norm.install(model) if training else 0
+    release_free_memory()
+    log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}"
+        + (f", {lean} norms keep bf16 inputs for backward" if lean and dtype == torch.bfloat16 else ""))
     return model, tokenizer, fmt
 
 

@@ -1,0 +1,145 @@
+"""The lean RMSNorm: the same forward values as transformers' norms, the same gradients, less kept for backward."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from shared import lean_norm
+
+
+def _norm(cls, dim, weight_dtype):
+    torch.manual_seed(1)
+    norm = cls(dim, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(dim) * 0.3 + (0.0 if cls is Gemma3RMSNorm else 1.0))
+    return norm.to(weight_dtype)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward while `fn` runs (parameters excluded)."""
+    storages = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+@pytest.mark.parametrize("cls", [Gemma3RMSNorm, LlamaRMSNorm])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("train_weight", [False, True])
+def test_same_values_and_gradients_as_the_transformers_norm(cls, x_dtype, w_dtype, train_weight):
+    plain = _norm(cls, 64, w_dtype)
+    lean = copy.deepcopy(plain)
+    assert lean_norm.install(lean) == 1
+    for m in (plain, lean):
+        m.weight.requires_grad_(train_weight)
+    x = torch.randn(4, 7, 64, dtype=torch.float32).mul(3).to(x_dtype)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = [m(xi) for m, xi in zip((plain, lean), xs)]
+    assert outs[0].dtype == outs[1].dtype
+    assert torch.equal(outs[0], outs[1])  # bit for bit
+    g = torch.randn_like(outs[0])
+    for o in outs:
+        o.backward(g)
+    # Against the exact gradient (float64): the lean norm's error is no larger than transformers' own.
+    exact = copy.deepcopy(plain).double()
+    exact.weight.requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    exact(x64).backward(g.double())
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(xs[1].grad, x64.grad) <= 1.5 * err(xs[0].grad, x64.grad) + 1e-6
+    if train_weight:
+        assert err(lean.weight.grad, exact.weight.grad) <= 1.5 * err(plain.weight.grad, exact.weight.grad) + 1e-6
+
+
+def test_bf16_input_keeps_half_the_bytes_for_backward():
+    plain = _norm(Gemma3RMSNorm, 256, torch.bfloat16)
+    lean = copy.deepcopy(plain)
+    lean_norm.install(lean)
+    x = torch.randn(16, 40, 256, dtype=torch.bfloat16, requires_grad=True)
+    _, plain_bytes = _saved_bytes(lambda: plain(x))
+    _, lean_bytes = _saved_bytes(lambda: lean(x))
+    assert plain_bytes >= x.numel() * 4  # the float32 copy
+    assert lean_bytes <= x.numel() * 2 + 16 * 40 * 4 + 256 * 2  # the bf16 input, one scale per row, the weight
+
+
+def test_a_norm_with_another_formula_keeps_its_own_forward():
+    class Gemma3RMSNorm_(Gemma3RMSNorm):  # a future formula under a known name
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    Gemma3RMSNorm_.__name__ = "Gemma3RMSNorm"
+    odd = Gemma3RMSNorm_(32)
+    assert lean_norm.install(odd) == 0
+    assert "forward" not in vars(odd)
+
+
+def test_a_loaded_model_trains_to_the_same_loss(tiny_gemma_dir):
+    """Installed by models.load for training: a few LoRA steps on the tiny Gemma 3 give the same losses."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def losses(lean: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.bfloat16)
+        if lean:
+            assert lean_norm.install(model) == 2 * 6 + 1  # six per layer and the final norm
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        ids = torch.randint(0, 200, (4, 24), generator=torch.Generator().manual_seed(3))
+        out = []
+        for _ in range(3):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            out.append(loss.item())
+        return out
+
+    plain, lean = losses(False), losses(True)
+    assert plain[0] == lean[0]  # the forward is exact
+    assert plain == pytest.approx(lean, rel=2e-2)
+
+
+def test_models_load_installs_it_for_training_only(tiny_gemma_dir):
+    from shared import models
+    from shared.config import ModelConfig
+
+    cfg = ModelConfig(name=str(tiny_gemma_dir), chat_template="chatml", dtype="bfloat16", max_length=64)
+    trained, tokenizer, _ = models.load(cfg, training=True)
+    served, _, _ = models.load(cfg, training=False)
+    assert sum("_lean_gemma" in vars(m) for m in trained.modules()) == 13
+    assert not any("_lean_gemma" in vars(m) for m in served.modules())
+    assert tokenizer("hello")["input_ids"]  # the tokenizer works after its construction lists are dropped
+
+
+@pytest.mark.slow
+def test_the_gemma_tokenizer_encodes_decodes_and_saves_the_same_without_its_construction_lists(gemma_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from shared import models
+
+    plain = AutoTokenizer.from_pretrained(gemma_dir)
+    slim = AutoTokenizer.from_pretrained(gemma_dir)
+    models._drop_construction_lists(slim)
+    assert slim._merges is None and slim._vocab is None
+    text = "Translate: The weather is nice today. 오늘은 날씨가 좋네요! <start_of_turn>user\n"
+    assert slim(text)["input_ids"] == plain(text)["input_ids"]
+    assert slim.decode(plain(text)["input_ids"]) == plain.decode(plain(text)["input_ids"])
+    assert slim.get_vocab() == plain.get_vocab()
+    slim.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == plain(text)["input_ids"]
