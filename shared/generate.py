@@ -144,9 +144,13 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
             answers = [found[row][0][1] for row in range(len(idx))]
         else:
             ends = AnswerEnds.for_settings(tokenizer, gen, width)
-            out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                 stopping_criteria=[ends] if ends else None, **kw)
-            answers = out[:, width:].tolist()
+            if gen.do_sample or not _own_greedy_applies(model):
+                out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                     stopping_criteria=[ends] if ends else None, **kw)
+                answers = out[:, width:].tolist()
+            else:
+                answers = _greedy(model, ids.to(dev), mask.to(dev), kw["max_new_tokens"], stops, ends,
+                                  _greedy_processors(gen))
         for row, i in enumerate(idx):
             tokens = answers[row]
             if gen.loop_guard:
@@ -155,6 +159,76 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+# Generation-config settings that add logits processors to greedy decoding in model.generate; a model whose
+# generation config sets any of them is decoded by model.generate itself.
+_GREEDY_PROCESSOR_SETTINGS = ("min_length", "min_new_tokens", "bad_words_ids", "suppress_tokens",
+                              "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                              "sequence_bias", "exponential_decay_length_penalty", "renormalize_logits",
+                              "encoder_repetition_penalty", "epsilon_cutoff", "watermarking_config")
+
+
+def _own_greedy_applies(model) -> bool:
+    """Whether `_greedy` decodes as model.generate would: no Unsloth generation path (it replaces generate and
+    the forward's cache handling) and no generation-config setting that adds a logits processor."""
+    if getattr(model, "_ft_unsloth_generation", False):
+        return False
+    config = getattr(model, "generation_config", None)
+    defaults = type(config)() if config is not None else None
+    return config is None or all(getattr(config, key, None) in (None, getattr(defaults, key, None), 0, 1.0, [])
+                                 for key in _GREEDY_PROCESSOR_SETTINGS)
+
+
+def _greedy_processors(gen: GenerateSettings):
+    """The logits processors model.generate builds from these settings for greedy decoding, in its order."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    processors = LogitsProcessorList()
+    if gen.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(gen.repetition_penalty))
+    if gen.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(gen.no_repeat_ngram_size))
+    return processors
+
+
+def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: list[int],
+            ends: "AnswerEnds | None", processors) -> list[list[int]]:
+    """Greedy decoding of one left-padded batch, the tokens model.generate(do_sample=False) would give, but a
+    row that has ended (a stop token, `ends`, its budget) leaves the batch and its cache: the remaining rows run
+    on alone. model.generate keeps computing finished rows until the last one ends; a base model's answers
+    range from a few tokens to the whole budget, so most of that work was thrown away.
+
+    Returns each row's new tokens, the stop token included, as model.generate does."""
+    dev, n = ids.device, ids.shape[0]
+    stop = torch.tensor(stops, device=dev)
+    lengths = mask.sum(-1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    answers: list[list[int]] = [[] for _ in range(n)]
+    alive = torch.arange(n, device=dev)  # batch rows still decoding, in cache order
+    seqs = ids  # prompt + answer so far per alive row: what the logits processors read
+    for step in range(max_new_tokens):
+        scores = processors(seqs, logits.float()) if processors else logits
+        token = scores.argmax(-1)
+        seqs = torch.cat([seqs, token[:, None]], dim=-1)
+        done = torch.isin(token, stop)
+        for row, (i, t) in enumerate(zip(alive.tolist(), token.tolist())):
+            answers[i].append(t)
+            if ends is not None and not done[row] and ends.ended(answers[i]):
+                done[row] = True
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if done.any():
+            keep = (~done).nonzero().view(-1)
+            cache.reorder_cache(keep)
+            alive, seqs, token = alive[keep], seqs[keep], token[keep]
+        attention = torch.cat([mask[alive], torch.ones((len(alive), step + 1), dtype=mask.dtype, device=dev)], -1)
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=(lengths[alive] + step)[:, None],
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+    return answers
 
 
 # A loop: the answer ends in one unit of 1..LOOP_MAX_PERIOD tokens repeated at least LOOP_MIN_REPEATS times in

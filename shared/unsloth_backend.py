@@ -102,4 +102,5 @@ def add_lora(model, cfg: RunConfig):
 def for_inference(model):
     """Switch an Unsloth model (with its adapter) to Unsloth's generation path."""
     _fast_language_model().for_inference(model)
+    model._ft_unsloth_generation = True  # shared.generate then decodes with model.generate, Unsloth's path
     return model

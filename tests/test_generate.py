@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 
 from shared.config import GenerateSettings
@@ -80,3 +81,83 @@ def test_beam_candidates_are_ranked_and_width_one_is_greedy(tiny_model_cfg):
         assert len({t for t, _ in c}) > 1  # different answers, not one answer four times
     alone = [candidates(model, tok, fmt, [p], n=4, max_new_tokens=6)[0] for p in PROMPTS]
     assert [[t for t, _ in c] for c in alone] == [[t for t, _ in c] for c in ranked]  # batching changes nothing
+
+
+def _ends_early(model, tok, fmt, biases: dict[str, float]):
+    """A sharper output layer that favours some texts' first tokens and end-of-turn (`biases`, "eot" for it):
+    answers that end at different steps."""
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight * 10)
+        head.bias.zero_()
+        for text, bias in biases.items():
+            token = tok.convert_tokens_to_ids(fmt.end_of_turn) if text == "eot" else \
+                tok(text, add_special_tokens=False)["input_ids"][0]
+            head.bias[token] = bias
+    model.lm_head = head
+    return model
+
+
+def _hf_generate(model, tok, fmt, prompts, gen, ends=None) -> list[str]:
+    """model.generate on the same left-padded batch: the reference the batch-shrinking greedy loop must equal."""
+    from shared.generate import AnswerEnds, _left_padded_batches, generation_kwargs
+
+    out = [""] * len(prompts)
+    for idx, ids, mask, width in _left_padded_batches(tok, prompts, gen.batch_size):
+        stop = AnswerEnds.for_settings(tok, gen, width)
+        seqs = model.generate(input_ids=ids, attention_mask=mask, stopping_criteria=[stop] if stop else None,
+                              **generation_kwargs(tok, fmt, gen))
+        for row, i in enumerate(idx):
+            out[i] = tok.decode(seqs[row, width:], skip_special_tokens=True).strip()
+    return out
+
+
+ENDS_EARLY = {"x": 5.0, "\n": 6.0, "eot": 4.0}
+MANY = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in (
+    "Hi", "A much longer question about trains and stations?", "Mid length one.", "Why?", "Tell me a story",
+    "Numbers: 1 2 3", "Another prompt of some length here", "ok")]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),                                          # stop tokens and the budget only
+    dict(first_line=True),                           # rows that end at a line break leave the batch
+    dict(repetition_penalty=1.05),                   # the logits processors model.generate would add
+    dict(no_repeat_ngram_size=6, first_line=True),
+])
+def test_greedy_equals_model_generate_while_ended_rows_leave_the_batch(tiny_model_cfg, settings):
+    model, tok, fmt = _load(tiny_model_cfg)
+    model = _ends_early(model, tok, fmt, ENDS_EARLY)
+    gen = dataclasses.replace(GREEDY, max_new_tokens=10, batch_size=8, **settings)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    ours = generate(model, tok, fmt, MANY, gen)
+    hook.remove()
+    assert ours == _hf_generate(model, tok, fmt, MANY, gen)
+    assert len(set(map(len, ours))) > 2  # answers of different lengths in one batch
+    assert rows[0] == len(MANY) and min(rows) < len(MANY)  # ...and the batch shrank as they ended
+    assert rows == sorted(rows, reverse=True)
+
+
+def test_greedy_on_gemma3_with_sliding_window_layers(tiny_gemma_dir):
+    """The cache of a model with sliding-window layers shrinks with the batch too (prompts past the window)."""
+    from shared.config import ModelConfig
+    from shared.models import load
+
+    model, tok, fmt = load(ModelConfig(name=str(tiny_gemma_dir), chat_template="chatml", dtype="float32",
+                                       max_length=256), training=False)
+    model = _ends_early(model.eval(), tok, fmt, ENDS_EARLY)
+    prompts = [p.replace("user\n", "user\n" + "long context " * (k * 3)) for k, p in enumerate(MANY)]
+    gen = dataclasses.replace(GREEDY, max_new_tokens=12, batch_size=8)
+    assert generate(model, tok, fmt, prompts, gen) == _hf_generate(model, tok, fmt, prompts, gen)
+
+
+def test_a_generation_config_with_its_own_processors_decodes_with_model_generate(tiny_model_cfg):
+    import shared.generate as g
+
+    model, tok, fmt = _load(tiny_model_cfg)
+    assert g._own_greedy_applies(model)
+    model.generation_config.suppress_tokens = [tok.convert_tokens_to_ids("a")]
+    assert not g._own_greedy_applies(model)
+    model.generation_config.suppress_tokens = None
+    model._ft_unsloth_generation = True
+    assert not g._own_greedy_applies(model)
