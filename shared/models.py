@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import lean_norm, runs
+from . import lean, runs
 from .chat import ChatFormat, detect_family, get_format
 from .config import ConfigError, ModelConfig
 from .log import log
@@ -479,10 +479,11 @@ def load(cfg: ModelConfig, training: bool = True):
     except (OSError, ValueError) as e:
         raise _load_error(cfg, kind, where, e) from None
     _contiguous_output_layer(model)
-    lean = lean_norm.install(model) if training else 0
+    leaner = lean.install(model) if training else {}
     release_free_memory()
     log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}"
-        + (f", {lean} norms keep bf16 inputs for backward" if lean and dtype == torch.bfloat16 else ""))
+        + (f"; lean backward: {leaner['norms']} norms, {leaner['mlps']} MLPs (shared/lean.py)" if any(leaner.values())
+           else ""))
     return model, tokenizer, fmt
 
 

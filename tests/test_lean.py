@@ -1,4 +1,4 @@
-"""The lean RMSNorm: the same forward values as transformers' norms, the same gradients, less kept for backward."""
+"""shared/lean.py: the same forward values and gradients as transformers' norms and MLPs, less kept for backward."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from shared import lean_norm
+from shared import lean
 
 
 def _norm(cls, dim, weight_dtype):
@@ -39,13 +39,13 @@ def _saved_bytes(fn) -> int:
 @pytest.mark.parametrize("train_weight", [False, True])
 def test_same_values_and_gradients_as_the_transformers_norm(cls, x_dtype, w_dtype, train_weight):
     plain = _norm(cls, 64, w_dtype)
-    lean = copy.deepcopy(plain)
-    assert lean_norm.install(lean) == 1
-    for m in (plain, lean):
+    slim = copy.deepcopy(plain)
+    assert lean.install(slim) == {"norms": 1, "mlps": 0}
+    for m in (plain, slim):
         m.weight.requires_grad_(train_weight)
     x = torch.randn(4, 7, 64, dtype=torch.float32).mul(3).to(x_dtype)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    outs = [m(xi) for m, xi in zip((plain, lean), xs)]
+    outs = [m(xi) for m, xi in zip((plain, slim), xs)]
     assert outs[0].dtype == outs[1].dtype
     assert torch.equal(outs[0], outs[1])  # bit for bit
     g = torch.randn_like(outs[0])
@@ -62,16 +62,16 @@ def test_same_values_and_gradients_as_the_transformers_norm(cls, x_dtype, w_dtyp
 
     assert err(xs[1].grad, x64.grad) <= 1.5 * err(xs[0].grad, x64.grad) + 1e-6
     if train_weight:
-        assert err(lean.weight.grad, exact.weight.grad) <= 1.5 * err(plain.weight.grad, exact.weight.grad) + 1e-6
+        assert err(slim.weight.grad, exact.weight.grad) <= 1.5 * err(plain.weight.grad, exact.weight.grad) + 1e-6
 
 
 def test_bf16_input_keeps_half_the_bytes_for_backward():
     plain = _norm(Gemma3RMSNorm, 256, torch.bfloat16)
-    lean = copy.deepcopy(plain)
-    lean_norm.install(lean)
+    slim = copy.deepcopy(plain)
+    lean.install(slim)
     x = torch.randn(16, 40, 256, dtype=torch.bfloat16, requires_grad=True)
     _, plain_bytes = _saved_bytes(lambda: plain(x))
-    _, lean_bytes = _saved_bytes(lambda: lean(x))
+    _, lean_bytes = _saved_bytes(lambda: slim(x))
     assert plain_bytes >= x.numel() * 4  # the float32 copy
     assert lean_bytes <= x.numel() * 2 + 16 * 40 * 4 + 256 * 2  # the bf16 input, one scale per row, the weight
 
@@ -83,8 +83,40 @@ def test_a_norm_with_another_formula_keeps_its_own_forward():
 
     Gemma3RMSNorm_.__name__ = "Gemma3RMSNorm"
     odd = Gemma3RMSNorm_(32)
-    assert lean_norm.install(odd) == 0
+    assert lean.install(odd) == {"norms": 0, "mlps": 0}
     assert "forward" not in vars(odd)
+
+
+def _mlp(cls_name: str, dtype):
+    from transformers import Gemma3TextConfig, LlamaConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3MLP
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    torch.manual_seed(2)
+    if cls_name == "Gemma3MLP":
+        return Gemma3MLP(Gemma3TextConfig(hidden_size=32, intermediate_size=96)).to(dtype)
+    return LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=96, hidden_act="silu")).to(dtype)
+
+
+@pytest.mark.parametrize("cls_name", ["Gemma3MLP", "LlamaMLP"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gated_mlp_gives_the_same_values_and_gradients_and_keeps_less(cls_name, dtype):
+    plain = _mlp(cls_name, dtype)
+    slim = copy.deepcopy(plain)
+    assert lean.install(slim) == {"norms": 0, "mlps": 1}
+    for m in (plain, slim):  # LoRA-like: frozen projections, gradients flow to the input
+        m.requires_grad_(False)
+    x = torch.randn(4, 9, 32).to(dtype)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    (out_plain, kept_plain), (out_slim, kept_slim) = (_saved_bytes(lambda m=m, xi=xi: m(xi))
+                                                     for m, xi in zip((plain, slim), xs))
+    assert torch.equal(out_plain, out_slim)
+    g = torch.randn_like(out_plain)
+    out_plain.backward(g)
+    out_slim.backward(g)
+    assert torch.equal(xs[0].grad, xs[1].grad)  # the same operations in backward: bit for bit
+    act = 4 * 9 * 96 * x.element_size()  # one [tokens x intermediate] tensor
+    assert kept_plain - kept_slim >= act
 
 
 def test_a_loaded_model_trains_to_the_same_loss(tiny_gemma_dir):
@@ -92,11 +124,11 @@ def test_a_loaded_model_trains_to_the_same_loss(tiny_gemma_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    def losses(lean: bool) -> list[float]:
+    def losses(slim: bool) -> list[float]:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.bfloat16)
-        if lean:
-            assert lean_norm.install(model) == 2 * 6 + 1  # six per layer and the final norm
+        if slim:  # six norms per layer and the final one; one MLP per layer
+            assert lean.install(model) == {"norms": 2 * 6 + 1, "mlps": 2}
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
         ids = torch.randint(0, 200, (4, 24), generator=torch.Generator().manual_seed(3))
@@ -109,9 +141,9 @@ def test_a_loaded_model_trains_to_the_same_loss(tiny_gemma_dir):
             out.append(loss.item())
         return out
 
-    plain, lean = losses(False), losses(True)
-    assert plain[0] == lean[0]  # the forward is exact
-    assert plain == pytest.approx(lean, rel=2e-2)
+    plain, slim = losses(False), losses(True)
+    assert plain[0] == slim[0]  # the forward is exact
+    assert plain == pytest.approx(slim, rel=2e-2)
 
 
 def test_models_load_installs_it_for_training_only(tiny_gemma_dir):
@@ -121,8 +153,8 @@ def test_models_load_installs_it_for_training_only(tiny_gemma_dir):
     cfg = ModelConfig(name=str(tiny_gemma_dir), chat_template="chatml", dtype="bfloat16", max_length=64)
     trained, tokenizer, _ = models.load(cfg, training=True)
     served, _, _ = models.load(cfg, training=False)
-    assert sum("_lean_gemma" in vars(m) for m in trained.modules()) == 13
-    assert not any("_lean_gemma" in vars(m) for m in served.modules())
+    assert sum("_lean" in vars(m) for m in trained.modules()) == 13 + 2
+    assert not any("_lean" in vars(m) for m in served.modules())
     assert tokenizer("hello")["input_ids"]  # the tokenizer works after its construction lists are dropped
 
 
