@@ -159,19 +159,22 @@ def test_models_load_installs_it_for_training_only(tiny_gemma_dir):
 
 
 @pytest.mark.slow
-def test_the_gemma_tokenizer_encodes_decodes_and_saves_the_same_without_its_construction_lists(gemma_dir, tmp_path):
+def test_the_gemma_tokenizer_encodes_decodes_and_saves_the_same_without_its_construction_lists(
+        gemma_dir, gemma_tokenizer, tmp_path):
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     from shared import models
 
-    plain = AutoTokenizer.from_pretrained(gemma_dir)
+    plain = gemma_tokenizer
     slim = AutoTokenizer.from_pretrained(gemma_dir)
     models._drop_construction_lists(slim)
     assert slim._merges is None and slim._vocab is None
     text = "Translate: The weather is nice today. 오늘은 날씨가 좋네요! <start_of_turn>user\n"
-    assert slim(text)["input_ids"] == plain(text)["input_ids"]
-    assert slim.decode(plain(text)["input_ids"]) == plain.decode(plain(text)["input_ids"])
+    ids = plain(text)["input_ids"]
+    assert slim(text)["input_ids"] == ids
+    assert slim.decode(ids) == plain.decode(ids)
     assert slim.get_vocab() == plain.get_vocab()
-    slim.save_pretrained(tmp_path)
-    again = AutoTokenizer.from_pretrained(tmp_path)
-    assert again(text)["input_ids"] == plain(text)["input_ids"]
+    slim.save_pretrained(tmp_path)  # the saved tokenizer.json is the Rust tokenizer's own, merges included
+    saved = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert saved.encode(text, add_special_tokens=False).ids == plain(text, add_special_tokens=False)["input_ids"]
