@@ -175,9 +175,11 @@ def _own_greedy_applies(model) -> bool:
     if getattr(model, "_ft_unsloth_generation", False):
         return False
     config = getattr(model, "generation_config", None)
-    defaults = type(config)() if config is not None else None
-    return config is None or all(getattr(config, key, None) in (None, getattr(defaults, key, None), 0, 1.0, [])
-                                 for key in _GREEDY_PROCESSOR_SETTINGS)
+    if config is None:
+        return True
+    defaults = type(config)()
+    return all(getattr(config, key, None) in (None, getattr(defaults, key, None), 0, 1.0, [])
+               for key in _GREEDY_PROCESSOR_SETTINGS)
 
 
 def _greedy_processors(gen: GenerateSettings):
@@ -200,34 +202,27 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, s
     range from a few tokens to the whole budget, so most of that work was thrown away.
 
     Returns each row's new tokens, the stop token included, as model.generate does."""
-    dev, n = ids.device, ids.shape[0]
-    stop = torch.tensor(stops, device=dev)
-    lengths = mask.sum(-1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
-    answers: list[list[int]] = [[] for _ in range(n)]
-    alive = torch.arange(n, device=dev)  # batch rows still decoding, in cache order
+    stop, lengths = set(stops), mask.sum(-1)
+    logits, cache = _prefill(model, ids, mask)
+    answers: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    alive = torch.arange(ids.shape[0], device=ids.device)  # batch rows still decoding, in cache order
     seqs = ids  # prompt + answer so far per alive row: what the logits processors read
     for step in range(max_new_tokens):
-        scores = processors(seqs, logits.float()) if processors else logits
-        token = scores.argmax(-1)
+        token = (processors(seqs, logits.float()) if processors else logits).argmax(-1)
         seqs = torch.cat([seqs, token[:, None]], dim=-1)
-        done = torch.isin(token, stop)
-        for row, (i, t) in enumerate(zip(alive.tolist(), token.tolist())):
+        going = []
+        for i, t in zip(alive.tolist(), token.tolist()):
             answers[i].append(t)
-            if ends is not None and not done[row] and ends.ended(answers[i]):
-                done[row] = True
-        if step == max_new_tokens - 1 or bool(done.all()):
+            going.append(t not in stop and not (ends is not None and ends.ended(answers[i])))
+        if step == max_new_tokens - 1 or not any(going):
             break
-        if done.any():
-            keep = (~done).nonzero().view(-1)
+        if not all(going):
+            keep = torch.tensor(going, device=ids.device).nonzero().view(-1)
             cache.reorder_cache(keep)
             alive, seqs, token = alive[keep], seqs[keep], token[keep]
-        attention = torch.cat([mask[alive], torch.ones((len(alive), step + 1), dtype=mask.dtype, device=dev)], -1)
-        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=(lengths[alive] + step)[:, None],
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        attention, positions = _step_inputs(mask, lengths, alive, step)
+        logits, cache = _next_logits(model, input_ids=token[:, None], attention_mask=attention,
+                                     position_ids=positions, past_key_values=cache)
     return answers
 
 
@@ -323,10 +318,28 @@ def _without_stop(tokens: list[int], stops: list[int]) -> list[int]:
     return tokens[:-1] if tokens and tokens[-1] in stops else tokens
 
 
+def _next_logits(model, **inputs) -> tuple[torch.Tensor, object]:
+    """(logits of the next token, one row per input row; the updated cache)."""
+    out = model(**inputs, use_cache=True, logits_to_keep=1)  # the output layer on the last position only
+    return out.logits[:, -1, :], out.past_key_values
+
+
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """_next_logits over left-padded prompts: positions count real tokens only."""
+    return _next_logits(model, input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+
+
+def _step_inputs(mask: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor, step: int):
+    """(attention mask, position ids) for the token chosen at `step` in batch rows `rows`: the prompt's mask plus
+    one position per token generated so far, and the position after the prompt's real tokens."""
+    attention = torch.cat([mask[rows], torch.ones((len(rows), step + 1), dtype=mask.dtype, device=mask.device)], -1)
+    return attention, (lengths[rows] + step)[:, None]
+
+
 def _log_probs(model, **inputs) -> tuple[torch.Tensor, object]:
     """(log-probabilities of the next token, float32, one row per input row; the updated cache)."""
-    out = model(**inputs, use_cache=True, logits_to_keep=1)  # the output layer on the last position only
-    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
+    logits, cache = _next_logits(model, **inputs)
+    return torch.log_softmax(logits.float(), dim=-1), cache
 
 
 def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tokens: int,
@@ -344,8 +357,8 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
     stop = torch.tensor(stops, device=dev)
     keep = max(2, 1 + len(stops)) * width
     lengths = mask.sum(-1)  # real prompt tokens per row: the next position after the prompt
-    log_probs, cache = _log_probs(model, input_ids=ids, attention_mask=mask,
-                                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    logits, cache = _prefill(model, ids, mask)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_prompts)]
     alive = torch.arange(n_prompts, device=dev)  # prompts still searching, in row order
     history = torch.empty((n_prompts, 1, 0), dtype=torch.long, device=dev)  # running beams' answer tokens
@@ -370,11 +383,10 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
             break
         cache.reorder_cache(rows[going].view(-1))  # each new beam gets its parent's cache; done prompts leave
         alive, scores, history = alive[going], scores[going], history[going]
-        attention = torch.cat([mask[alive], torch.ones((len(alive), step + 1), dtype=mask.dtype, device=dev)], -1)
+        attention, positions = _step_inputs(mask, lengths, alive, step)
         log_probs, cache = _log_probs(model, input_ids=history[:, :, -1].reshape(-1, 1),
                                       attention_mask=attention.repeat_interleave(width, 0),
-                                      position_ids=(lengths[alive] + step).repeat_interleave(width)[:, None],
-                                      past_key_values=cache)
+                                      position_ids=positions.repeat_interleave(width, 0), past_key_values=cache)
     return [sorted(found, key=lambda x: -x[0]) for found in finished]
 
 

@@ -27,14 +27,18 @@ LLAMA_STYLE = ("LlamaRMSNorm", "Phi3RMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", 
 GATED_MLPS = ("GemmaMLP", "Gemma2MLP", "Gemma3MLP", "LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 
 
+def _scaled(xf: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """xf * scale, in place when xf = x.float() is a copy: a norm on a CPU is bound by memory traffic, and every
+    [tokens x hidden] float32 temporary costs a pass. Never in place on the caller's own (float32) tensor."""
+    return xf.mul_(scale) if xf is not x else xf * scale
+
+
 class _RMSNorm(torch.autograd.Function):
-    # In-place arithmetic on the float32 copies (never on the caller's tensors): on a CPU a norm is bound by
-    # memory traffic, and every temporary of [tokens x hidden] float32 costs a pass.
     @staticmethod
     def forward(ctx, x, weight, eps, gemma):
         xf = x.float()
         scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        normed = xf.mul_(scale) if xf is not x else xf * scale
+        normed = _scaled(xf, x, scale)
         if gemma:
             out = normed.mul_(1.0 + weight.float()).type_as(x)
         else:
@@ -46,8 +50,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, scale, weight = ctx.saved_tensors
-        normed = x.float()
-        normed = normed.mul_(scale) if normed is not x else normed * scale
+        normed = _scaled(x.float(), x, scale)
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w = (grad.float() * normed).reshape(-1, normed.shape[-1]).sum(0).to(weight.dtype)
@@ -130,7 +133,7 @@ def _mlp_fits(module) -> bool:
 def install(model) -> dict[str, int]:
     """Give every known RMSNorm and gated MLP in `model` the lean forward; returns how many of each were changed.
     Idempotent. Call it before PEFT wraps the projections (the MLP's forward calls them by name either way)."""
-    checked: dict[tuple, bool] = {}  # one probe per (class, dtype, eps)
+    checked: dict[tuple, bool] = {}  # one probe per kind of module: class, dtype, eps or activation
     changed = {"norms": 0, "mlps": 0}
     for module in model.modules():
         if "_lean" in vars(module):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import hashlib
 import json
 import os
@@ -360,10 +359,9 @@ def release_free_memory() -> None:
     """Return the C heap's free pages to the system (glibc malloc_trim; a no-op elsewhere). Parsing a 33 MB
     tokenizer.json leaves ~60 MB freed but resident, which would count in every later peak. (No gc.collect():
     what it would free has no reference cycles and went when its last reference did.)"""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own C library, no library search
+    if trim is not None:
+        trim(0)
 
 
 def load_tokenizer(where: str, cfg: ModelConfig):

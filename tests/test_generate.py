@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
+from tests.conftest import favour_tokens
 from shared.generate import base_model, generate, stop_ids
 
 PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
@@ -83,21 +84,6 @@ def test_beam_candidates_are_ranked_and_width_one_is_greedy(tiny_model_cfg):
     assert [[t for t, _ in c] for c in alone] == [[t for t, _ in c] for c in ranked]  # batching changes nothing
 
 
-def _ends_early(model, tok, fmt, biases: dict[str, float]):
-    """A sharper output layer that favours some texts' first tokens and end-of-turn (`biases`, "eot" for it):
-    answers that end at different steps."""
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight * 10)
-        head.bias.zero_()
-        for text, bias in biases.items():
-            token = tok.convert_tokens_to_ids(fmt.end_of_turn) if text == "eot" else \
-                tok(text, add_special_tokens=False)["input_ids"][0]
-            head.bias[token] = bias
-    model.lm_head = head
-    return model
-
-
 def _hf_generate(model, tok, fmt, prompts, gen, ends=None) -> list[str]:
     """model.generate on the same left-padded batch: the reference the batch-shrinking greedy loop must equal."""
     from shared.generate import AnswerEnds, _left_padded_batches, generation_kwargs
@@ -126,7 +112,7 @@ MANY = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in (
 ])
 def test_greedy_equals_model_generate_while_ended_rows_leave_the_batch(tiny_model_cfg, settings):
     model, tok, fmt = _load(tiny_model_cfg)
-    model = _ends_early(model, tok, fmt, ENDS_EARLY)
+    model = favour_tokens(model, tok, fmt, ENDS_EARLY)
     gen = dataclasses.replace(GREEDY, max_new_tokens=10, batch_size=8, **settings)
     rows = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
@@ -145,7 +131,7 @@ def test_greedy_on_gemma3_with_sliding_window_layers(tiny_gemma_dir):
 
     model, tok, fmt = load(ModelConfig(name=str(tiny_gemma_dir), chat_template="chatml", dtype="float32",
                                        max_length=256), training=False)
-    model = _ends_early(model.eval(), tok, fmt, ENDS_EARLY)
+    model = favour_tokens(model.eval(), tok, fmt, ENDS_EARLY)
     prompts = [p.replace("user\n", "user\n" + "long context " * (k * 3)) for k, p in enumerate(MANY)]
     gen = dataclasses.replace(GREEDY, max_new_tokens=12, batch_size=8)
     assert generate(model, tok, fmt, prompts, gen) == _hf_generate(model, tok, fmt, prompts, gen)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from shared.generate import candidates, stop_ids
+from tests.conftest import favour_tokens
 
 PROMPTS = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\nPrice is $" for q in (
     "Kettle", "A much longer listing: stainless steel kettle, 1.7 litres, auto shut-off, two-year warranty",
@@ -19,16 +20,9 @@ def _load(cfg):
 
 
 def _price_like(model, tok, fmt):
-    """A sharper output layer that favours digits, '.' and the end token: short answers that end at different
-    steps, like a fine-tuned price model's."""
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight * 10)
-        head.bias.zero_()
-        for t in [*"0123456789.", fmt.end_of_turn]:
-            head.bias[tok.convert_tokens_to_ids(t)] = 5.0
-    model.lm_head = head
-    return model
+    """Favours digits, '.' and the end token: short answers that end at different steps, like a fine-tuned
+    price model's."""
+    return favour_tokens(model, tok, fmt, {**{t: 5.0 for t in "0123456789."}, "eot": 5.0})
 
 
 def _hf_beams(model, tok, fmt, prompt: str, width: int, max_new_tokens: int,
