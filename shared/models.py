@@ -60,8 +60,16 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------- profiles and devices
 
+# oneDNN instruction-set caps without a bf16 dot product. torch's bf16 matmuls run in oneDNN, so under such a
+# cap (ONEDNN_MAX_CPU_ISA=AVX2) bf16 is emulated: measured 1 GFLOP/s against 107 for fp32 on one AVX512-BF16 CPU.
+_ONEDNN_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls are ~4x faster than fp32 on CPUs with AVX512-BF16 or AMX (measured with torch on one such machine: ~840 vs ~206 GFLOP/s)."""
+    """bf16 matmuls are ~4x faster than fp32 on CPUs with AVX512-BF16 or AMX (measured with torch on one such
+    machine: ~840 vs ~206 GFLOP/s), unless ONEDNN_MAX_CPU_ISA keeps oneDNN below them."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISA_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

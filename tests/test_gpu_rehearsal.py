@@ -546,3 +546,17 @@ def test_precision_on_the_cpu(monkeypatch, fast_bf16):
     assert models.mixed_precision("auto") == (fast_bf16, False)
     assert models.weight_dtype(ModelConfig()) == (torch.bfloat16 if fast_bf16 else torch.float32)
     assert models.mixed_precision("false") == (False, False)
+
+
+@pytest.mark.parametrize("cap, fast", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                       ("AVX512_CORE_AMX", True)])
+def test_an_isa_cap_without_bf16_means_fp32(monkeypatch, tmp_path, cap, fast):
+    """ONEDNN_MAX_CPU_ISA below bf16 makes torch's bf16 matmuls emulated, whatever the CPU has."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    real_path = models.Path
+    monkeypatch.setattr(models, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert models.cpu_has_fast_bf16() is fast
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert models.cpu_has_fast_bf16() is True
