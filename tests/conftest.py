@@ -3,6 +3,8 @@ downloads), and the real embedded Gemma 3 tokenizer for the tests marked `slow`.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download from a model hub
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # share the cores between the workers, and their subprocesses
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 def make_tokenizer():
@@ -79,6 +85,54 @@ def gemma_dir() -> Path:
     from shared.models import materialize
 
     return Path(materialize("gemma3-270m")[1])
+
+
+def run(args, cwd, stdin=None, timeout=900):
+    """`python -m <args>` as a user runs it, from `cwd`, with this checkout importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# A few steps of the real cpu profile on the shipped data, one run per product, made by the real `train` command.
+EMBEDDED_TRAIN = {
+    "translator": ["--max-steps", "3", "--limit", "48", "--train.batch_size", "4", "--train.save_steps", "2"],
+    # a validation split of 4 of the 40 rows: the shipped 180-row file costs ~90 s of forward passes on an
+    # AVX2-only CPU, which no test needs
+    "price_predictor": ["--max-steps", "2", "--limit", "40", "--train.batch_size", "4"],
+}
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory, gemma_dir):
+    """embedded_run(product) -> (run folder, finished `train` process): one run per product of the real `train`
+    command on the embedded Gemma 3 270M, made once for the whole suite and shared by the slow tests that need a
+    trained model (the commands end to end, the demos in a browser). Under pytest-xdist each worker has its own
+    session: the first to ask for a product trains it under a file lock, the others wait and reuse it, so two
+    workers train the two products side by side. Run folders are written atomically, so a test may evaluate a run
+    while another reads it."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the folder that holds every worker's own
+    root = root / "embedded-runs"
+    root.mkdir(exist_ok=True)
+
+    def made(product: str) -> tuple[Path, subprocess.CompletedProcess]:
+        run_dir, record = root / product / "cli-run", root / f"{product}.train.json"
+        with FileLock(str(root / f"{product}.lock")):
+            if not record.is_file():
+                done = run([f"apps.{product}.train", "--profile", "cpu", *EMBEDDED_TRAIN[product], "--output-dir",
+                            str(run_dir), "--train.logging_steps", "1", "--data.valid", "",
+                            "--data.valid_fraction", "0.1"], cwd=ROOT)
+                record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
+                                              "stdout": done.stdout, "stderr": done.stderr}))
+        return run_dir, subprocess.CompletedProcess(**json.loads(record.read_text()))
+
+    return made
 
 
 @pytest.fixture(scope="session")

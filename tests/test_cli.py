@@ -1,18 +1,9 @@
 """The real commands, run as a user runs them: clean one-line errors, and (slow) the embedded model end to end."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from .conftest import ROOT, write_jsonl
-
-
-def run(args, cwd, stdin=None, timeout=900):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, input=stdin, capture_output=True,
-                          text=True, timeout=timeout)
+from .conftest import ROOT, run, write_jsonl
 
 
 def test_bad_row_is_one_clear_line(tmp_path, tiny_model_dir):
@@ -41,12 +32,9 @@ def test_evaluate_without_runs_says_how_to_train(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_train_evaluate_translate(tmp_path):
+def test_embedded_model_train_evaluate_translate(embedded_run):
     """A few steps of the real cpu profile on the shipped data, then evaluation and streaming translation."""
-    run_dir = tmp_path / "run"
-    r = run(["apps.translator.train", "--profile", "cpu", "--max-steps", "3", "--limit", "48",
-             "--output-dir", str(run_dir), "--train.batch_size", "4", "--train.save_steps", "2",
-             "--train.logging_steps", "1", "--data.valid", "", "--data.valid_fraction", "0.1"], cwd=ROOT)
+    run_dir, r = embedded_run("translator")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 3/3 loss" in r.stderr and "left" in r.stderr  # progress with time left
     record = json.loads((run_dir / "run.json").read_text())

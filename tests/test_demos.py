@@ -285,22 +285,14 @@ def test_demos_bind_to_loopback_by_default():
 
 
 # ---------------------------------------------------------------- real browser
-@pytest.fixture(scope="module")
-def gemma_runs(tmp_path_factory, gemma_dir):
-    """Runs of the embedded Gemma 3 270M (2 steps each): unlike the tiny random model, it writes readable text,
+@pytest.fixture()
+def gemma_runs(embedded_run) -> Path:
+    """The runs root of the embedded Gemma 3 270M runs: unlike the tiny random model, it writes readable text,
     which the browser test can compare with what the same code path gives in this process."""
-    from apps.price_predictor.task import TASK as PRICE
-    from apps.translator.task import TASK as TRANSLATOR
-
-    root = tmp_path_factory.mktemp("gemma-runs")
-    pairs = write_jsonl(root / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
-    items = write_jsonl(root / "items.jsonl", ITEMS)
-    for task, data in ((TRANSLATOR, pairs), (PRICE, items)):
-        flat = {"model.name": "gemma3-270m", "model.max_length": 160, "data.train": str(data),
-                "data.valid": str(data), "data.test": str(data), "train.max_steps": 2, "train.batch_size": 4,
-                "train.save_steps": 100, "lora.r": 4, "generate.max_new_tokens": 24, "output.runs_root": str(root)}
-        train(task, resolve(cli=flat), root / task.name / "gemma-2-steps", "test")
-    return root
+    for product in ("translator", "price_predictor"):
+        run_dir, done = embedded_run(product)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir.parents[1]
 
 
 def _words(text: str) -> str:
@@ -318,7 +310,7 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
     from .browser import chromium, new_page, streamlit_server
 
     monkeypatch.setenv(runs.RUNS_ENV, str(gemma_runs))
-    run_dir = gemma_runs / product / "gemma-2-steps"
+    run_dir = gemma_runs / product / "cli-run"
     shots = ROOT / "tests" / "output"
     shots.mkdir(exist_ok=True)
     with streamlit_server(page, gemma_runs) as (url, port), chromium() as browser:

@@ -6,8 +6,7 @@ import pytest
 from apps.price_predictor.task import TASK
 from shared.data import DataReport
 
-from .conftest import ROOT
-from .test_cli import run
+from .conftest import ROOT, run
 
 FIXTURE = ROOT / "tests" / "fixtures" / "amazon_meta_sample.jsonl"
 
@@ -31,14 +30,10 @@ def test_baselines_on_shipped_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_train_evaluate_predict(tmp_path):
-    run_dir = tmp_path / "run"
-    r = run(["apps.price_predictor.train", "--profile", "cpu", "--max-steps", "2", "--limit", "40",
-             "--output-dir", str(run_dir), "--train.batch_size", "4", "--train.logging_steps", "1",
-             # a validation split of 4 of the 40 rows: the shipped 180-row file costs ~90 s of forward passes on
-             # an AVX2-only CPU, which this test does not need
-             "--data.valid", "", "--data.valid_fraction", "0.1"], cwd=ROOT)
+def test_embedded_model_train_evaluate_predict(embedded_run):
+    run_dir, r = embedded_run("price_predictor")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "step 2/2 loss" in r.stderr
     # --no-ensemble: the blend generates on all 180 validation rows (minutes here); tests/test_price_task.py
     # checks its wiring with a stand-in model
     r = run(["apps.price_predictor.evaluate", "--run", str(run_dir), "--limit", "6", "--no-ensemble"], cwd=ROOT)
