@@ -26,14 +26,17 @@ Peak memory is the process's ru_maxrss (model load included) and the peak during
 reset when training starts). The loss is the mean of the last 3 logged step losses (mean cross-entropy per
 answer token, logged every step by the Trainer), after the same examples on both sides.
 
-Model FLOP utilisation: model FLOPs per step = 6 x (non-embedding parameters + LoRA parameters) x tokens
-+ 6 x output-layer parameters x loss-bearing tokens (the logits the objective needs; attention-score FLOPs
-left out, sequences are short). The same count is used for both sides, so MFU measures useful work: TRL's
-logits at non-answer positions are not counted. Two exceptions on our side: with train.output_vocab = answers
-the output layer counts only the rows it has (its softmax is over them), and the prefix every row shares,
-which ours computes once per batch (train.share_prefix), still counts once per row: that MFU is "effective",
-the work a plain step would need per second. Divided by the step time and by this machine's bf16 matmul
-peak (best of 5 x 10 repeated 2048x2048 bf16 matmuls on all threads).
+Model FLOP utilisation counts the useful work of a LoRA step, the same way for both sides: per distinct token,
+4 x frozen non-embedding parameters (forward, and backward to the activations: a frozen weight needs no gradient
+of its own) + 6 x LoRA parameters (forward, backward, weight gradients), plus 4 x output-layer parameters per
+loss-bearing token (the logits the objective needs; the output layer is frozen). Attention-score FLOPs are left
+out (sequences are short). Distinct tokens: the non-padding tokens, with the prefix every row of a batch shares
+(system prompt and chat header) counted once per batch, since one computation of it serves every row (ours does
+exactly that with train.share_prefix; TRL recomputes it per row, work not counted). TRL's logits at non-answer
+positions are not counted either. With train.output_vocab = answers the output layer counts only the rows it
+has (its softmax is over them). The count is divided by the step time and by this machine's matmul peak in the
+dtype in use (best of 5 x 10 repeated 2048x2048 matmuls on all threads). The 6 x parameters x tokens rule of
+full fine-tuning would read 1.5 times higher for the frozen weights.
 With --output-vocab answers our loss is over the smaller vocabulary and reads lower for the same model:
 compare losses with --output-vocab full.
 """
@@ -132,6 +135,18 @@ def _vm_mb(field: str = "VmHWM") -> float | None:
     return None
 
 
+def shared_prefix(input_ids, mask) -> int:
+    """How many leading tokens every row of the batch has in common (the rows' real tokens, padding left out)."""
+    import torch
+
+    rows = [ids[m.bool()] for ids, m in zip(input_ids, mask)]
+    shortest = min(len(r) for r in rows)
+    if shortest == 0:
+        return 0
+    same = torch.stack([r[:shortest] == rows[0][:shortest] for r in rows]).all(0)
+    return int(same.long().cumprod(0).sum())
+
+
 def _meter():
     """A Trainer callback that times each optimizer step and keeps the logged losses; `count` sees each batch."""
     from transformers import TrainerCallback
@@ -147,6 +162,7 @@ def _meter():
             labels = inputs["labels"]
             real = inputs["input_ids"][mask.bool()]
             self._batch = {"tokens": int(mask.sum()), "loss_tokens": int((labels[:, 1:] != -100).sum()),
+                           "shared_prefix": shared_prefix(inputs["input_ids"], mask),
                            "positions": int(inputs["input_ids"].numel()),
                            "rows": int(inputs["input_ids"].shape[0]),
                            "hash": hashlib.sha1(real.cpu().numpy().tobytes()).hexdigest()[:12]}
@@ -339,12 +355,14 @@ def summarize(r: dict, peak_gflops: float) -> dict:
     p = r["params"]
     rows = p.get("output_rows")  # the share of the output layer's rows the loss uses (all without a vocabulary)
     head = p["output_layer"] * (p.get("output_rows_used", rows) / rows if rows else 1)
-    flops = 6 * (p["non_embedding"] + p["lora"]) * tokens + 6 * head * loss_tokens
+    distinct = sum(s["tokens"] - (s["rows"] - 1) * s.get("shared_prefix", 0) for s in w_steps)
+    flops = (4 * p["non_embedding"] + 6 * p["lora"]) * distinct + 4 * head * loss_tokens
     last = [x["loss"] for x in r["losses"][-LAST_LOGGED:]]
     return {"timed_steps": len(w_steps), "timed_s": w_time, "first_step_s": times[0] if times else None,
             "step_s": w_time / max(len(w_steps), 1),
             "examples": sum(s["rows"] for s in steps), "tokens_all_steps": sum(s["tokens"] for s in steps),
             "loss_tokens_all_steps": sum(s["loss_tokens"] for s in steps),
+            "distinct_tokens_all_steps": sum(s["tokens"] - (s["rows"] - 1) * s.get("shared_prefix", 0) for s in steps),
             "positions_all_steps": sum(s["positions"] for s in steps),
             "tokens_per_s": tokens / w_time if w_time else 0.0, "loss_tokens_per_s": loss_tokens / w_time if w_time else 0.0,
             "gflops_per_s": flops / w_time / 1e9 if w_time else 0.0,
@@ -385,6 +403,7 @@ def table(s: dict[str, dict], raw: dict[str, dict], peak: float, peak_dtype: str
              row("examples seen", "examples", "{:d}"),
              row("tokens, all steps (non-pad)", "tokens_all_steps", "{:,d}"),
              row("loss-bearing tokens, all steps", "loss_tokens_all_steps", "{:,d}"),
+             row("distinct tokens (shared prefix once)", "distinct_tokens_all_steps", "{:,d}"),
              row("padded positions, all steps", "positions_all_steps", "{:,d}"),
              row("first step s", "first_step_s", "{:.2f}"),
              row("step s (mean of timed)", "step_s", "{:.2f}"),
@@ -401,8 +420,9 @@ def table(s: dict[str, dict], raw: dict[str, dict], peak: float, peak_dtype: str
              f"same batches on both sides (token hashes): {'yes' if same_batches else 'NO'}"]
     p = o["params"]
     used = p.get("output_rows_used", p.get("output_rows"))
-    lines.append(f"FLOPs/step = 6 x ({p['non_embedding']:,} non-embedding + {p['lora']:,} LoRA) x tokens "
-                 f"+ 6 x {p['output_layer']:,} output layer x loss-bearing tokens"
+    lines.append(f"FLOPs/step = (4 x {p['non_embedding']:,} frozen non-embedding + 6 x {p['lora']:,} LoRA) x "
+                 f"distinct tokens (the batch's shared prefix once) + 4 x {p['output_layer']:,} output layer x "
+                 "loss-bearing tokens"
                  + (f" (ours: x {used:,}/{p['output_rows']:,} rows of its output vocabulary; its loss is over "
                     "them, not comparable)" if used != p.get("output_rows") else " (same count for both sides)"))
     return "\n".join(lines)

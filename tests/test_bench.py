@@ -30,19 +30,35 @@ def _train_argv(model_dir, data, *extra):
 def test_summarize_counts_flops_on_the_timed_steps():
     from bench.train_throughput import summarize
 
-    step = {"tokens": 100, "loss_tokens": 10, "positions": 120, "rows": 4, "hash": "x"}
+    step = {"tokens": 100, "loss_tokens": 10, "positions": 120, "rows": 4, "shared_prefix": 5, "hash": "x"}
     raw = {"steps": [step] * 3, "step_s": [5.0, 2.0, 2.0], "losses": [{"loss": 3.0}, {"loss": 2.0}, {"loss": 1.0}],
            "params": {"non_embedding": 1000, "lora": 10, "output_layer": 500, "embedding": 500},
            "peak_rss_mb": 1.0, "train_peak_rss_mb": 1.0, "load_s": 0.0}
     s = summarize(raw, peak_gflops=1.0)
     assert s["timed_steps"] == 2 and s["first_step_s"] == 5.0  # the first step is shown, not timed
     assert s["tokens_per_s"] == 200 / 4.0 and s["loss_tokens_per_s"] == 20 / 4.0
-    flops = 6 * 1010 * 200 + 6 * 500 * 20
+    distinct = 2 * (100 - 3 * 5)  # the 5 shared tokens once per batch of 4 rows
+    assert s["distinct_tokens_all_steps"] == 3 * (100 - 3 * 5)
+    flops = (4 * 1000 + 6 * 10) * distinct + 4 * 500 * 20  # frozen weights: forward and input gradients only
     assert math.isclose(s["gflops_per_s"], flops / 4.0 / 1e9) and math.isclose(s["mfu"], s["gflops_per_s"])
     assert s["final_loss"] == 2.0 and s["examples"] == 12
     raw["params"].update(output_rows=50, output_rows_used=5)  # an output vocabulary of a tenth of the rows
     limited = summarize(raw, peak_gflops=1.0)
-    assert math.isclose(limited["gflops_per_s"], (6 * 1010 * 200 + 6 * 50 * 20) / 4.0 / 1e9)
+    assert math.isclose(limited["gflops_per_s"], ((4 * 1000 + 6 * 10) * distinct + 4 * 50 * 20) / 4.0 / 1e9)
+
+
+def test_shared_prefix_reads_the_real_tokens_of_every_row():
+    import torch
+
+    from bench.train_throughput import shared_prefix
+
+    ids = torch.tensor([[7, 8, 9, 1, 0, 0], [7, 8, 9, 2, 3, 4], [7, 8, 5, 1, 0, 0]])
+    mask = (torch.arange(6) < torch.tensor([[4], [6], [4]])).long()
+    assert shared_prefix(ids, mask) == 2
+    assert shared_prefix(ids[:2], mask[:2]) == 3
+    assert shared_prefix(ids[:1], mask[:1]) == 4  # one row: all of it
+    left = torch.tensor([[0, 0, 7, 8, 1], [7, 8, 2, 3, 4]])  # left padding: the real tokens still line up
+    assert shared_prefix(left, (left != 0).long()) == 2
 
 
 @pytest.mark.slow  # two trainers: ~12 s on a quiet 2-core CPU, more when it is busy
