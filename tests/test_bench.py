@@ -41,6 +41,7 @@ def test_summarize_counts_flops_on_the_timed_steps():
     assert s["distinct_tokens_all_steps"] == 3 * (100 - 3 * 5)
     flops = (4 * 1000 + 6 * 10) * distinct + 4 * 500 * 20  # frozen weights: forward and input gradients only
     assert math.isclose(s["gflops_per_s"], flops / 4.0 / 1e9) and math.isclose(s["mfu"], s["gflops_per_s"])
+    assert math.isclose(s["mfu_6n"], (6 * 1010 * 200 + 6 * 500 * 20) / 4.0 / 1e9)  # every token, 6 per parameter
     assert s["final_loss"] == 2.0 and s["examples"] == 12
     raw["params"].update(output_rows=50, output_rows_used=5)  # an output vocabulary of a tenth of the rows
     limited = summarize(raw, peak_gflops=1.0)
