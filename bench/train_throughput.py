@@ -148,6 +148,11 @@ def shared_prefix(input_ids, mask) -> int:
     return int(same.long().cumprod(0).sum())
 
 
+def distinct_tokens(step: dict) -> int:
+    """A batch's non-padding tokens with its rows' shared prefix counted once."""
+    return step["tokens"] - (step["rows"] - 1) * step.get("shared_prefix", 0)
+
+
 def _meter():
     """A Trainer callback that times each optimizer step and keeps the logged losses; `count` sees each batch."""
     from transformers import TrainerCallback
@@ -356,7 +361,7 @@ def summarize(r: dict, peak_gflops: float) -> dict:
     p = r["params"]
     rows = p.get("output_rows")  # the share of the output layer's rows the loss uses (all without a vocabulary)
     head = p["output_layer"] * (p.get("output_rows_used", rows) / rows if rows else 1)
-    distinct = sum(s["tokens"] - (s["rows"] - 1) * s.get("shared_prefix", 0) for s in w_steps)
+    distinct = sum(map(distinct_tokens, w_steps))
     flops = (4 * p["non_embedding"] + 6 * p["lora"]) * distinct + 4 * head * loss_tokens
     # the rule of full fine-tuning on every token, shared prefix included: the work a plain step would do
     flops_6n = 6 * (p["non_embedding"] + p["lora"]) * tokens + 6 * head * loss_tokens
@@ -365,7 +370,7 @@ def summarize(r: dict, peak_gflops: float) -> dict:
             "step_s": w_time / max(len(w_steps), 1),
             "examples": sum(s["rows"] for s in steps), "tokens_all_steps": sum(s["tokens"] for s in steps),
             "loss_tokens_all_steps": sum(s["loss_tokens"] for s in steps),
-            "distinct_tokens_all_steps": sum(s["tokens"] - (s["rows"] - 1) * s.get("shared_prefix", 0) for s in steps),
+            "distinct_tokens_all_steps": sum(map(distinct_tokens, steps)),
             "positions_all_steps": sum(s["positions"] for s in steps),
             "tokens_per_s": tokens / w_time if w_time else 0.0, "loss_tokens_per_s": loss_tokens / w_time if w_time else 0.0,
             "gflops_per_s": flops / w_time / 1e9 if w_time else 0.0,
