@@ -137,7 +137,9 @@ def _vm_mb(field: str = "VmHWM") -> float | None:
 
 
 def shared_prefix(input_ids, mask) -> int:
-    """How many leading tokens every row of the batch has in common (the rows' real tokens, padding left out)."""
+    """How many leading tokens every row of the batch has in common (the rows' real tokens, padding left out).
+    Not shared.loss.shared_prefix_length, which is what our step may share (stopped before the first answer token,
+    none under 8 tokens or with left padding): this counts the work any step could avoid, for both sides."""
     import torch
 
     rows = [ids[m.bool()] for ids, m in zip(input_ids, mask)]

@@ -2,6 +2,7 @@
 downloads), and the real embedded Gemma 3 tokenizer for the tests marked `slow`."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,8 +113,6 @@ def embedded_run(tmp_path_factory, gemma_dir):
     session: the first to ask for a product trains it under a file lock, the others wait and reuse it, so two
     workers train the two products side by side. Run folders are written atomically, so a test may evaluate a run
     while another reads it."""
-    import json
-
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()

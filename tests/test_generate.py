@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
-from tests.conftest import favour_tokens
 from shared.generate import base_model, generate, stop_ids
+from tests.conftest import favour_tokens
 
 PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nA much longer question about trains and stations?<|im_end|>\n<|im_start|>assistant\n",
