@@ -260,6 +260,7 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     from shared import models
     from shared import train as core
     from shared.data import DataReport
+    from shared.embeddings import compute_dtype
 
     cfg = bench_config(a)
     t0 = time.perf_counter()
@@ -277,7 +278,9 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     core.loss_settings(trainer, cfg, model, output_ids)
     load_s = time.perf_counter() - t0
     trainer.train()
-    result = _side_result("ours", trainer, meter, load_s, next(model.parameters()).dtype)
+    # The dtype the weights compute in: the first parameter is the token embedding, which a float32 run keeps
+    # in bf16 (shared/embeddings.py).
+    result = _side_result("ours", trainer, meter, load_s, compute_dtype(next(model.parameters())))
     if output_ids is not None:  # the output layer's useful work is over the rows it uses
         result["params"]["output_rows_used"] = len(output_ids)
     return result

@@ -110,6 +110,10 @@ class TrainSettings:
     share_prefix: bool = _f(True, "Compute the tokens every example of a batch starts with (system prompt, chat "
                                   "header) once per batch instead of once per row; same loss and gradients. "
                                   "Off under gradient checkpointing.")
+    saved_activations: str = _f("auto", "Dtype of the activations kept for the backward pass: auto = bfloat16 "
+                                        "where the model computes in float32 on a CPU (half the memory; the "
+                                        "gradients of bf16 mixed precision), else as computed (shared/lean.py).",
+                                ("auto", "computed", "bfloat16"))
     logging_steps: int = _f(5, "Log loss every N steps.", min=1)
     save_steps: int = _f(50, "Save a resumable checkpoint every N steps.", min=1)
     # at least 1: 0 means "keep every checkpoint" to transformers, which the pre-flight disk check cannot size

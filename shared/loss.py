@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from . import lean
+from .embeddings import compute_dtype
+
+# Values of a widened slice of the weight and its logits together (slice x (width + rows)), in the sliced loss:
+# 4M float32 values, 16 MB (4,854 of Gemma's 262k rows for the benchmark's 224 answer tokens).
+SLICE_VALUES = 2**22
 CHUNK_ROWS = 64  # rows of logits materialized at once: 64 x 262k x (2 + 4) bytes = 100 MB; more rows are no faster
 
 
@@ -46,6 +52,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None, None
 
 
+class _SlicedLinearCrossEntropy(torch.autograd.Function):
+    """The same sum for a weight kept narrower than it computes (shared/embeddings.py): one pass over the
+    vocabulary a slice of rows at a time, each slice widened once for every row, with the softmax's normaliser
+    and the gradient accumulated online (rescaled whenever a slice raises a row's maximum, as flash attention
+    does), so neither the whole logits nor a widened copy of the weight ever exist."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap):
+        n, width = hidden.shape
+        step = max(256, min(weight.shape[0], SLICE_VALUES // (width + n)))
+        top = hidden.new_full((n,), float("-inf"))
+        norm, picked, slope = hidden.new_zeros(n), hidden.new_zeros(n), hidden.new_ones(n)
+        acc = torch.zeros_like(hidden)
+        for start in range(0, weight.shape[0], step):
+            w = weight[start:start + step].to(hidden.dtype)
+            logits = hidden @ w.t()
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            rows = ((targets >= start) & (targets < start + w.shape[0])).nonzero().squeeze(-1)
+            picked[rows] = logits[rows, targets[rows] - start]
+            if softcap:
+                slope[rows] = 1.0 - capped[rows, targets[rows] - start].square()
+            new_top = torch.maximum(top, logits.amax(-1))
+            rescale = torch.exp(top - new_top)  # 0 on the first slice (top is -inf)
+            probs = logits.sub_(new_top[:, None]).exp_()
+            norm.mul_(rescale).add_(probs.sum(-1))
+            if softcap:
+                probs.mul_(1.0 - capped.square())
+            acc.mul_(rescale[:, None]).addmm_(probs, w)
+            top = new_top
+        total = (top + norm.log() - picked).sum()
+        grad_hidden = acc.div_(norm[:, None]).sub_(slope[:, None] * weight[targets].to(hidden.dtype))
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
+
+
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                              softcap: float | None = None, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """sum_i CE(softcap(hidden_i @ weight.T), targets_i), without keeping the logits for backward.
@@ -58,6 +106,9 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
             logits = torch.tanh(logits / softcap) * softcap
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     with torch.autocast(hidden.device.type, enabled=False):
+        wide = compute_dtype(weight)
+        if wide != weight.dtype:
+            return _SlicedLinearCrossEntropy.apply(hidden.to(wide), weight, targets, softcap or 0.0)
         h = hidden.to(weight.dtype) if hidden.dtype != weight.dtype else hidden
         return _LinearCrossEntropy.apply(h, weight, targets, softcap or 0.0, chunk_rows)
 
@@ -127,19 +178,20 @@ def _answer_loss(hidden, weight, targets, cap, vocab, full) -> torch.Tensor:
 
 
 def completion_loss(model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False,
-                    vocab=None) -> torch.Tensor:
+                    vocab=None, saved_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (labels != -100), computing logits only there.
 
     With gradient accumulation the Trainer passes num_items_in_batch (loss tokens over all micro-batches),
     so the sum is divided by that instead of this micro-batch's count. share_prefix: see backbone_hidden.
     vocab: a shared.vocab.OutputVocab; the softmax then runs over its tokens only (a batch with an answer token
     outside it, which training data cannot have, falls back to the full vocabulary).
+    saved_dtype: keep the backbone's float32 activations for backward in this dtype (shared.lean.saved_in).
     """
     labels = inputs["labels"]
     lm = _causal_lm(model)
     backbone = getattr(lm, lm.base_model_prefix)
     share_prefix = share_prefix and not getattr(lm, "is_gradient_checkpointing", False)
-    with torch.profiler.record_function("backbone forward"):  # labels for bench/profile_step.py
+    with torch.profiler.record_function("backbone forward"), lean.saved_in(saved_dtype, lm):  # profile labels
         hidden, start = backbone_hidden(backbone, inputs, share_prefix)
     targets = labels[:, start + 1:]  # hidden[:, i] (position start + i) predicts labels[:, start + i + 1]
     mask = targets != -100

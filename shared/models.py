@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import lean, runs
+from . import embeddings, lean, runs
 from .chat import ChatFormat, detect_family, get_format
 from .config import ConfigError, ModelConfig
 from .log import log
@@ -458,6 +458,18 @@ def same_base(saved: dict, current: dict) -> str | None:
     return None
 
 
+def stored_dtype(where: str) -> str | None:
+    """The dtype a local model folder's weights were saved in, as its config.json says (None: unknown)."""
+    try:
+        conf = json.loads((Path(where) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for part in (conf, conf.get("text_config") or {}):
+        if part.get("dtype") or part.get("torch_dtype"):
+            return part.get("dtype") or part.get("torch_dtype")
+    return None
+
+
 def load(cfg: ModelConfig, training: bool = True):
     """Load (model, tokenizer, chat_format) as the config says. Errors are ConfigError with a fix."""
     from transformers import AutoModelForCausalLM
@@ -471,11 +483,14 @@ def load(cfg: ModelConfig, training: bool = True):
     if backend == "unsloth":
         return unsloth_backend.load_unsloth(cfg, kind, where, dtype)
     quantization = _quantization_config(cfg)
+    # Float32 training from a bf16 checkpoint keeps the token embeddings in bf16 (shared/embeddings.py).
+    narrow = training and dtype == torch.float32 and quantization is None and not torch.cuda.is_available() \
+        and stored_dtype(where) == "bfloat16"
     try:
         tokenizer, fmt = load_tokenizer(where, cfg)
         # Weights only from safetensors, whatever the source: a .bin file is a pickle, and unpickling runs code.
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, quantization_config=quantization,
+            where, dtype=torch.bfloat16 if narrow else dtype, quantization_config=quantization,
             trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
             # each process of a multi-GPU launch loads onto its own GPU
             device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else None)
@@ -484,9 +499,11 @@ def load(cfg: ModelConfig, training: bool = True):
     except (OSError, ValueError) as e:
         raise _load_error(cfg, kind, where, e) from None
     _contiguous_output_layer(model)
+    kept = embeddings.widen(model)["kept_bf16_mb"] if narrow else 0
     leaner = lean.install(model) if training else {}
     release_free_memory()
     log(f"model {cfg.name} ({kind}: {where}) dtype={dtype} quantization={cfg.quantization} backend={backend}"
+        + (f"; token embeddings kept in bf16 ({kept} MB, shared/embeddings.py)" if kept else "")
         + (f"; lean backward: {leaner['norms']} norms, {leaner['mlps']} MLPs (shared/lean.py)" if any(leaner.values())
            else ""))
     return model, tokenizer, fmt

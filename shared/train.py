@@ -176,11 +176,12 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if hasattr(model, "module") and model is not self.model:  # DDP / FSDP / DeepSpeed wrapper
-                loss = _through_wrapper(model, lambda inner: completion_loss(inner, inputs, num_items_in_batch,
-                                                                             self.share_prefix, self.output_vocab))
+                loss = _through_wrapper(model, lambda inner: completion_loss(
+                    inner, inputs, num_items_in_batch, self.share_prefix, self.output_vocab, self.saved_dtype))
             else:
                 with self.mixed_precision():
-                    loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix, self.output_vocab)
+                    loss = completion_loss(model, inputs, num_items_in_batch, self.share_prefix, self.output_vocab,
+                                           self.saved_dtype)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
             return (loss, None) if return_outputs else loss
@@ -189,6 +190,7 @@ def _trainer_class():
         share_prefix = False  # train.share_prefix, set by build_trainer (shared/loss.py:backbone_hidden)
         output_vocab = None  # shared.vocab.OutputVocab when train.output_vocab = answers
         autocast = False  # set by loss_settings for train.method = full (fp32 trained weights, bf16 matmuls)
+        saved_dtype = None  # train.saved_activations, resolved by loss_settings (shared/lean.py:saved_in)
 
         def mixed_precision(self):
             """Autocast around our calls into the model: they bypass the forward accelerate wraps in autocast.
@@ -479,8 +481,18 @@ def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) 
     # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
     trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
     trainer.autocast = cfg.train.method == "full"
+    trainer.saved_dtype = saved_activation_dtype(cfg)
     if output_ids is not None:
         trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
+
+
+def saved_activation_dtype(cfg: RunConfig) -> torch.dtype | None:
+    """train.saved_activations as a dtype for shared.lean.saved_in (None: as computed)."""
+    wanted = cfg.train.saved_activations
+    if wanted == "auto":
+        float32_cpu = not torch.cuda.is_available() and models.weight_dtype(cfg.model) == torch.float32
+        wanted = "bfloat16" if float32_cpu and cfg.model.quantization == "none" else "computed"
+    return torch.bfloat16 if wanted == "bfloat16" else None
 
 
 def output_vocabulary(cfg: RunConfig, tokenizer, fmt, train_ds, valid_ds) -> list[int] | None:

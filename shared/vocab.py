@@ -30,6 +30,8 @@ from typing import Iterable
 
 import torch
 
+from .embeddings import compute_dtype
+
 FILE = "output_vocab.json"
 # A script is an answer's own when it holds this share of the answers' letters (Hangul in Korean translations);
 # one that only appears in names and acronyms (Latin there) keeps its seen tokens and its SHORT pieces, enough
@@ -114,7 +116,7 @@ class OutputVocab:
             return weight[self.ids]
         key = (weight.data_ptr(), weight.dtype, weight._version)
         if self._weight_rows is None or self._weight_rows[0] != key:
-            self._weight_rows = (key, weight[self.ids])
+            self._weight_rows = (key, weight[self.ids].to(compute_dtype(weight)))
         return self._weight_rows[1]
 
     def to(self, device) -> "OutputVocab":
@@ -143,8 +145,8 @@ class LimitedOutputLayer(torch.nn.Module):
         hidden = hidden.contiguous()  # see models._contiguous_output_layer
         if not self.enabled:
             return self.head(hidden)
-        if self._rows is None or self._rows.dtype != self.weight.dtype:
-            self._rows = self.weight.detach()[self.ids].contiguous()
+        if self._rows is None or self._rows.dtype != compute_dtype(self.weight):
+            self._rows = self.weight.detach()[self.ids].to(compute_dtype(self.weight)).contiguous()
         limited = hidden @ self._rows.to(hidden.dtype).t()
         out = torch.full((*hidden.shape[:-1], self.weight.shape[0]), self.FLOOR, dtype=limited.dtype,
                          device=hidden.device)

@@ -29,7 +29,10 @@ def _args(model_dir: Path, data: Path) -> list[str]:
             "--set", "train.save_steps=2",
             # LoRA dropout draws its masks per process, so with dropout > 0 the two runs see other masks and agree
             # only statistically (docs/gpu.md); without it they must agree to float32 rounding
-            "--set", "lora.dropout=0"]
+            "--set", "lora.dropout=0",
+            # and so must the activations kept for backward: in bf16 (the float32 default on a CPU), a sum taken in
+            # another order can round to the next bf16 value (adapters measured 1.4e-5 apart)
+            "--set", "train.saved_activations=computed"]
 
 
 def _free_port() -> int:
