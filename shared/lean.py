@@ -180,16 +180,20 @@ def packing(dtype: torch.dtype, model):
     however many layers save it (the input of q, k and v); the model's parameters, views of them and small
     tensors are kept as they are."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    narrowed: dict[int, tuple] = {}  # id(original) -> (weak reference to it, its narrowed copy)
+    narrowed: dict[tuple, tuple] = {}  # the values' identity -> (weak reference to their tensor, narrowed copy)
 
     def pack(t: torch.Tensor):
         if t.dtype != torch.float32 or t.numel() < MIN_NARROWED or t.untyped_storage().data_ptr() in params:
             return t
-        known = narrowed.get(id(t))
-        if known is not None and known[0]() is t:  # the same tensor, not a new one at a reused address
+        # A linear layer saves a 2-D view of its 3-D input, a new view object each time: the same values are
+        # recognised by the tensor the view was taken of, its version, and where and how the view reads it.
+        base = t._base if t._base is not None else t
+        key = (id(base), t._version, t.storage_offset(), tuple(t.shape), t.stride())
+        known = narrowed.get(key)
+        if known is not None and known[0]() is base:  # the same tensor, not a new one at a reused address
             return known[1]
         packed = _Narrowed(t.detach().to(dtype))
-        narrowed[id(t)] = (weakref.ref(t), packed)
+        narrowed[key] = (weakref.ref(base), packed)
         return packed
 
     def unpack(saved):
