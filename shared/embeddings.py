@@ -1,10 +1,10 @@
 """Training in float32 with the token embeddings kept in the checkpoint's bf16.
 
 Why: a CPU without fast bf16 trains in float32 (shared.models.weight_dtype), and Gemma 3 270M's tied
-262,144 x 640 embedding is then 671 of its 1,022 MB of weights. Its values come from a bf16 file, so bf16
-holds them exactly: kept there, it costs 335 MB, and loading no longer peaks with the file's pages and a
-float32 copy of everything side by side (measured under an AVX2 cap on one CPU: 2,159 MB high-water mark
-after loading in float32).
+262,144 x 640 embedding is then 640 of its 1,022 MiB of weights. Its values come from a bf16 file, so bf16
+holds them exactly: kept there, it costs 320 MiB, and loading no longer peaks with the file's pages and a
+float32 copy of everything side by side (measured under an AVX2 cap on one CPU: a high-water mark of 2,159 MiB
+after loading in float32, 1,784-1,788 MiB this way).
 
 What runs in float32 is unchanged: the model is loaded in bf16, then every other weight and buffer is widened
 to float32 (the buffers a model computes when it is built, such as Gemma's embedding scale, are taken from a
