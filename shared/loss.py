@@ -82,6 +82,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    if targets.numel() == 0:  # no rows: nothing to slice through (a float32 run would widen every slice)
+        return hidden.float().sum() * 0.0
     with torch.autocast(hidden.device.type, enabled=False):
         return _SlicedLinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0)
 
