@@ -76,10 +76,10 @@ def _lookup_reproduces(module, n: int = 16) -> bool:
     return own.dtype == torch.float32 and torch.equal(own, ours)
 
 
-def _head_reproduces(module, width: int) -> bool:
+def _head_reproduces(module) -> bool:
     """Our output layer gives the module's own float32 output on a probe, up to float32 rounding."""
     table = module.weight.detach()[:3 * SLICE_ROWS // 2].float()
-    probe = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0)).to(table.device)
+    probe = torch.randn(2, 3, table.shape[1], generator=torch.Generator().manual_seed(0)).to(table.device)
     with torch.no_grad():
         own = torch.func.functional_call(module, {"weight": table}, (probe,))
         ours = sliced_matmul(probe, table.to(module.weight.dtype), SLICE_ROWS // 2)
@@ -118,7 +118,7 @@ def widen(model) -> dict:
     tied = head is not None and head.weight is embed.weight
     head_narrow = isinstance(head, torch.nn.Linear) and head.bias is None and \
         head.weight.dtype == torch.bfloat16 and (id(head.weight) in keep or not tied) and \
-        _head_reproduces(head, head.in_features)
+        _head_reproduces(head)
     if head_narrow:
         keep[id(head.weight)] = head.weight
     elif tied:

@@ -3,20 +3,25 @@ import pytest
 import torch
 
 from shared import loss
+from shared.embeddings import COMPUTE_DTYPE
 from shared.loss import completion_loss, linear_cross_entropy_sum
 
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
-def test_fused_linear_cross_entropy_matches_plain(softcap, monkeypatch):
+@pytest.mark.parametrize("narrow", [False, True], ids=["float32", "bf16 weight computing in float32"])
+def test_fused_linear_cross_entropy_matches_plain(softcap, narrow, monkeypatch):
     monkeypatch.setattr(loss, "SLICE_VALUES", 300 * (16 + 37))  # slices of 300 rows: 7 of them, the last short
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float32, requires_grad=True)
     weight = torch.randn(2000, 16, dtype=torch.float32)
     targets = torch.randint(0, 2000, (37,))
     targets[:6] = torch.arange(297, 303)  # targets on both sides of a slice edge
+    if narrow:  # an embedding kept in bf16 by shared/embeddings.py: each slice is widened
+        weight = weight.bfloat16()
+        setattr(weight, COMPUTE_DTYPE, torch.float32)
     fused = linear_cross_entropy_sum(hidden, weight, targets, softcap)
     (g_fused,) = torch.autograd.grad(fused, hidden)
-    logits = hidden @ weight.t()
+    logits = hidden @ weight.float().t()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     plain = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
