@@ -367,8 +367,7 @@ def _quantization_config(cfg: ModelConfig):
     if cfg.quantization == "none":
         return None
     try:
-        import bitsandbytes
-        bitsandbytes.nn  # noqa: B018 - runs the lazily registered module's code now (shared/__init__.py)
+        import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except Exception as e:  # noqa: BLE001 - missing, or installed but broken (its import can raise RuntimeError)
         raise ConfigError(f"quantization '{cfg.quantization}' needs bitsandbytes, which does not import here "
