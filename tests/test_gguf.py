@@ -574,7 +574,7 @@ def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path
 
     gguf_export.write_gguf(model_dir("gemma3"), tmp_path / "m.gguf", "f16")
     monkeypatch.setenv("FT_CACHE_DIR", str(tmp_path / "cache"))
-    parses, reader, build = [], gguf.GGUFReader, gguf.GGUFReader._build_fields
+    parses, reader, build, name_map = [], gguf.GGUFReader, gguf.GGUFReader._build_fields, gguf.get_tensor_name_map
 
     def counting(self, *args):
         parses.append(type(self))
@@ -583,7 +583,8 @@ def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path
     monkeypatch.setattr(gguf.GGUFReader, "_build_fields", counting)
     kind, folder = models.materialize(str(tmp_path / "m.gguf"))
     assert kind == "gguf" and len(parses) == 1
-    assert gguf.GGUFReader is reader and hf_gguf.load_gguf_checkpoint.__module__ == hf_gguf.__name__  # restored
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map  # restored
+    assert hf_gguf.load_gguf_checkpoint.__module__ == hf_gguf.__name__
 
     g_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     g_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
