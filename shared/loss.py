@@ -44,9 +44,10 @@ class _SlicedLinearCrossEntropy(torch.autograd.Function):
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
             rows = ((targets >= start) & (targets < start + w.shape[0])).nonzero().squeeze(-1)
-            picked[rows] = logits[rows, targets[rows] - start]
+            cols = targets[rows] - start  # the targets that fall in this slice, as its columns
+            picked[rows] = logits[rows, cols]
             if softcap:
-                slope[rows] = 1.0 - capped[rows, targets[rows] - start].square()
+                slope[rows] = 1.0 - capped[rows, cols].square()
             new_top = torch.maximum(top, logits.amax(-1))
             rescale = torch.exp(top - new_top)  # 0 on the first slice (top is -inf)
             probs = logits.sub_(new_top[:, None]).exp_()
@@ -55,7 +56,7 @@ class _SlicedLinearCrossEntropy(torch.autograd.Function):
                 probs.mul_(1.0 - capped.square())
             # The target's own term, (p - 1) x its row, is added at the end in float32: summed here in bf16 and
             # then less its row, a confident token's small gradient would drown in the rounding of p x row.
-            probs[rows, targets[rows] - start] = 0.0
+            probs[rows, cols] = 0.0
             acc.mul_(rescale[:, None]).add_(probs.to(wide) @ w)
             top = new_top
         lse = top + norm.log()
