@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,13 +108,14 @@ EMBEDDED_TRAIN = {
 
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory, gemma_dir):
-    """embedded_run(product) -> (run folder, finished `train` process): one run per product of the real `train`
-    command on the embedded Gemma 3 270M, made once for the whole suite and shared by the slow tests that need a
-    trained model (the commands end to end, the demos in a browser). Under pytest-xdist each worker has its own
-    session: the first to ask for a product trains it under a file lock, the others wait and reuse it, so two
-    workers train the two products side by side. Run folders are written atomically, so a test may evaluate a run
-    while another reads it."""
-    from filelock import FileLock
+    """embedded_run(product, ...) -> (run folder, finished `train` process), one per product asked for: one run per
+    product of the real `train` command on the embedded Gemma 3 270M, made once for the whole suite and shared by
+    the slow tests that need a trained model (the commands end to end, the demos in a browser). Under pytest-xdist
+    each worker has its own session: the first to ask for a product trains it under a file lock and the others
+    reuse it. A worker asking for several trains first one that no other worker is training, so two workers
+    train the two products side by side instead of one waiting (a waiting worker leaves its core idle). Run
+    folders are written atomically, so a test may evaluate a run while another reads it."""
+    from filelock import FileLock, Timeout
 
     root = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
@@ -121,18 +123,35 @@ def embedded_run(tmp_path_factory, gemma_dir):
     root = root / "embedded-runs"
     root.mkdir(exist_ok=True)
 
-    def made(product: str) -> tuple[Path, subprocess.CompletedProcess]:
+    def made(product: str, wait: bool) -> tuple[Path, subprocess.CompletedProcess] | None:
         run_dir, record = root / product / "cli-run", root / f"{product}.train.json"
-        with FileLock(str(root / f"{product}.lock")):
-            if not record.is_file():
-                done = run([f"apps.{product}.train", "--profile", "cpu", *EMBEDDED_TRAIN[product], "--output-dir",
-                            str(run_dir), "--train.logging_steps", "1", "--data.valid", "",
-                            "--data.valid_fraction", "0.1"], cwd=ROOT)
-                record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
-                                              "stdout": done.stdout, "stderr": done.stderr}))
+        try:
+            lock = FileLock(str(root / f"{product}.lock"), timeout=-1 if wait else 0)
+            with lock:
+                if not record.is_file():
+                    done = run([f"apps.{product}.train", "--profile", "cpu", *EMBEDDED_TRAIN[product],
+                                "--output-dir", str(run_dir), "--train.logging_steps", "1", "--data.valid", "",
+                                "--data.valid_fraction", "0.1"], cwd=ROOT)
+                    record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
+                                                  "stdout": done.stdout, "stderr": done.stderr}))
+        except Timeout:
+            return None  # another worker is training it
         return run_dir, subprocess.CompletedProcess(**json.loads(record.read_text()))
 
-    return made
+    def made_all(*products: str):
+        done, pending = {}, list(products)
+        while pending:
+            for product in pending:
+                found = made(product, wait=len(pending) == 1)
+                if found:
+                    done[product] = found
+                    pending.remove(product)
+                    break
+            else:
+                time.sleep(0.5)  # every one left is being trained elsewhere
+        return done[products[0]] if len(products) == 1 else [done[p] for p in products]
+
+    return made_all
 
 
 @pytest.fixture(scope="session")

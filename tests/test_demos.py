@@ -290,7 +290,7 @@ def test_demos_bind_to_loopback_by_default():
 def gemma_runs(embedded_run) -> Path:
     """The runs root of the embedded Gemma 3 270M runs: unlike the tiny random model, it writes readable text,
     which the browser test can compare with what the same code path gives in this process."""
-    made = [embedded_run(product) for product in ("translator", "price_predictor")]
+    made = embedded_run("translator", "price_predictor")
     for _, done in made:
         assert done.returncode == 0, done.stderr[-3000:]
     return made[0][0].parents[1]  # <runs root>/<product>/<run>
