@@ -7,6 +7,7 @@ from apps.price_predictor.task import (
     completion_text,
     is_hit,
     item_row,
+    mean_price,
     parse_price,
     price_metrics,
     prompt_text,
@@ -264,7 +265,16 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
 
     def candidates(model, tokenizer, fmt, prompts, n, max_new_tokens, batch_size=8, progress=None, ends=()):
         order.append(f"search {len(prompts)}")
-        return [[(answer(p), -0.1), (answer(p), -3.0)] for p in prompts]
+        # a likely answer and an unlikely one at twice the price: the weighted mean and median differ
+        return [[(answer(p), -0.1), (doubled(p), -3.0)] for p in prompts]
+
+    def doubled(prompt):
+        price, unparsed = prices[prompt]
+        return "n/a" if unparsed else f"{price * 2.2:.2f}"
+
+    fitted_on = []
+    real_fit = price_eval.blend.fit
+    monkeypatch.setattr(price_eval.blend, "fit", lambda llm, *a: fitted_on.extend(llm) or real_fit(llm, *a))
 
     def predict_both(task, plan, with_base=True, extra=None, **overrides):
         fmt = get_format("chatml")
@@ -281,7 +291,11 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     searched = ["search 12", "search 24"] if beams else ["generate 24"]
     assert order == ["ridge", "generate 12", *searched]
     ens = metrics["ensemble"]
-    assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("median of 8 beams" if beams else "greedy")
+    if beams:  # the blend is fitted on the weighted mean of the validation candidates, as it is applied on the test
+        first = next(iter(r for r in TASK.read(str(files["valid"]), DataReport(), drop_duplicates=False)))
+        assert fitted_on[0] == pytest.approx(mean_price([(f"{first['price'] * 1.1:.2f}", -0.1),
+                                                         (f"{first['price'] * 2.2:.2f}", -3.0)]))
+    assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("mean of 8 beams" if beams else "greedy")
     assert ens["weights"]["fitted_on"] == 23  # item 3 of the validation rows gave no price
     # the stand-in is always 10% high: the blend takes it alone and removes the bias
     assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02) and ens["weights"]["ridge"] < 0.02
@@ -298,8 +312,6 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
 
 def test_mean_price_weighs_the_candidates():
     from math import log
-
-    from apps.price_predictor.task import mean_price
 
     cands = [("20.", log(0.40)), ("30.", log(0.35)), ("90.", log(0.25)), ("n/a", 0.0)]
     assert mean_price(cands) == pytest.approx(0.40 * 20 + 0.35 * 30 + 0.25 * 90)  # unparsed answers carry no vote
