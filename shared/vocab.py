@@ -72,7 +72,12 @@ def answer_vocabulary(tokenizer, answers: Iterable[Iterable[int]], always: Itera
         return verdict[key]
 
     keep = seen | set(always)
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+    single = [[i] for i in range(len(tokenizer))]
+    # The Rust tokenizer decodes the 262k pieces in 0.2 s against 1.1 s through transformers (the same strings
+    # for Gemma 3; transformers' space clean-up, where a tokenizer asks for it, changes nothing checked here)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pieces = (backend.decode_batch(single, skip_special_tokens=True) if backend is not None
+              else tokenizer.batch_decode(single, skip_special_tokens=True))
     for i, piece in enumerate(pieces):
         short = len(piece.strip()) <= SHORT
         if piece and (piece == REPLACEMENT or all(allowed(c, short) for c in piece)):
