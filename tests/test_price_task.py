@@ -292,7 +292,7 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     assert order == ["ridge", "generate 12", *searched]
     ens = metrics["ensemble"]
     if beams:  # the blend is fitted on the weighted mean of the validation candidates, as it is applied on the test
-        first = next(iter(r for r in TASK.read(str(files["valid"]), DataReport(), drop_duplicates=False)))
+        first = next(iter(TASK.read(str(files["valid"]), DataReport(), drop_duplicates=False)))
         assert fitted_on[0] == pytest.approx(mean_price([(f"{first['price'] * 1.1:.2f}", -0.1),
                                                          (f"{first['price'] * 2.2:.2f}", -3.0)]))
     assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("mean of 8 beams" if beams else "greedy")
