@@ -126,8 +126,7 @@ def embedded_run(tmp_path_factory, gemma_dir):
     def made(product: str, wait: bool) -> tuple[Path, subprocess.CompletedProcess] | None:
         run_dir, record = root / product / "cli-run", root / f"{product}.train.json"
         try:
-            lock = FileLock(str(root / f"{product}.lock"), timeout=-1 if wait else 0)
-            with lock:
+            with FileLock(str(root / f"{product}.lock"), timeout=-1 if wait else 0):
                 if not record.is_file():
                     done = run([f"apps.{product}.train", "--profile", "cpu", *EMBEDDED_TRAIN[product],
                                 "--output-dir", str(run_dir), "--train.logging_steps", "1", "--data.valid", "",

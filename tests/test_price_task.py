@@ -255,9 +255,9 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     real_ridge = price_eval.fit_text_ridge
     monkeypatch.setattr(price_eval, "fit_text_ridge", lambda rows: order.append("ridge") or real_ridge(rows))
 
-    def answer(prompt):
+    def answer(prompt, factor=1.1):
         price, unparsed = prices[prompt]
-        return "n/a" if unparsed else f"{price * 1.1:.2f}"
+        return "n/a" if unparsed else f"{price * factor:.2f}"
 
     def generate(model, tokenizer, fmt, prompts, gen, budgets=None, progress=None):
         order.append(f"generate {len(prompts)}")
@@ -266,11 +266,7 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     def candidates(model, tokenizer, fmt, prompts, n, max_new_tokens, batch_size=8, progress=None, ends=()):
         order.append(f"search {len(prompts)}")
         # a likely answer and an unlikely one at twice the price: the weighted mean and median differ
-        return [[(answer(p), -0.1), (doubled(p), -3.0)] for p in prompts]
-
-    def doubled(prompt):
-        price, unparsed = prices[prompt]
-        return "n/a" if unparsed else f"{price * 2.2:.2f}"
+        return [[(answer(p), -0.1), (answer(p, 2.2), -3.0)] for p in prompts]
 
     fitted_on = []
     real_fit = price_eval.blend.fit
