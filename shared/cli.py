@@ -173,7 +173,9 @@ def run_cli(main) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def train_main(task: Task, argv: list[str] | None = None) -> None:
+def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
+    """A product's train command. after: optional fn(run folder), the product's own last step on the finished
+    run (on the main process only), e.g. fitting a head on the trained weights."""
     from .log import log
     from .train import train
 
@@ -184,6 +186,8 @@ def train_main(task: Task, argv: list[str] | None = None) -> None:
         cfg, run_dir, reason = build_config(task, args, rest)
         log(f"profile: {cfg.profile} ({reason})")
         out = train(task, cfg, run_dir, reason, resume=args.resume, overwrite=args.overwrite)
+        if runs.is_main_process() and after is not None:
+            after(out)
         if runs.is_main_process():  # once, not once per process under accelerate launch
             print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {out}")
 

@@ -314,6 +314,32 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
     return results
 
 
+@torch.inference_mode()
+def prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 16,
+                  progress: str | None = None) -> torch.Tensor:
+    """The last layer's hidden state (after the final norm) at each prompt's last token, float32, one row per
+    prompt in input order: what the model holds about the prompt as it is about to write the answer's first
+    token. Only the decoder runs (no output layer, no cache): for a head fitted on these features without
+    generating, such as the price predictor's read-out."""
+    from tqdm.auto import tqdm
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the adapter stays on
+    decoder = inner.get_decoder()
+    dev = next(model.parameters()).device
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
+    for idx, ids, mask, _ in _left_padded_batches(tokenizer, prompts, batch_size):
+        mask = mask.to(dev)
+        hidden = decoder(input_ids=ids.to(dev), attention_mask=mask, use_cache=False,
+                         position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state[:, -1]
+        if out is None:
+            out = torch.empty((len(prompts), hidden.shape[-1]), dtype=torch.float32)
+        out[idx] = hidden.float().cpu()
+        bar.update(len(idx))
+    bar.close()
+    return out if out is not None else torch.empty((0, 0))
+
+
 def _without_stop(tokens: list[int], stops: list[int]) -> list[int]:
     return tokens[:-1] if tokens and tokens[-1] in stops else tokens
 

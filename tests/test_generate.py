@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
-from shared.generate import base_model, generate, stop_ids
+from shared.generate import base_model, generate, prompt_states, stop_ids
 from tests.conftest import favour_tokens
 
 PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
@@ -68,6 +68,26 @@ def test_output_layer_gets_contiguous_input(tiny_model_cfg):
     assert not hidden.is_contiguous()
     model.lm_head(hidden)
     assert seen == [True]
+
+
+def test_prompt_states_are_the_last_tokens_state_whatever_the_padding(tiny_model_cfg):
+    """Batched, left-padded states equal each prompt's own final hidden state (the one the output layer reads),
+    in input order, with the adapter applied."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, fmt = _load(tiny_model_cfg)
+    torch.manual_seed(0)
+    tuned = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    batched = prompt_states(tuned, tok, PROMPTS, batch_size=3)
+    assert batched.shape == (3, tuned.config.hidden_size) and batched.dtype == torch.float32
+    with torch.no_grad():
+        for row, prompt in zip(batched, PROMPTS):
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            alone = tuned(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-5)
+        with base_model(tuned):
+            assert not torch.allclose(prompt_states(tuned, tok, PROMPTS[:1]), batched[:1])
 
 
 def test_beam_candidates_are_ranked_and_width_one_is_greedy(tiny_model_cfg):

@@ -34,12 +34,14 @@ def test_embedded_model_train_evaluate_predict(embedded_run):
     run_dir, r = embedded_run("price_predictor")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 2/2 loss" in r.stderr
+    fitted = json.loads((run_dir / "readout.json").read_text())  # train's last step: the hidden-state read-out
+    assert fitted["fitted_on"] > 0 and len(fitted["coef"]) == 640
     # --no-ensemble: the blend generates on all 180 validation rows (minutes here); tests/test_price_task.py
     # checks its wiring with a stand-in model
     r = run(["apps.price_predictor.evaluate", "--run", str(run_dir), "--limit", "6", "--no-ensemble"], cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
-    for side in ("base", "finetuned"):
+    for side in ("base", "finetuned", "readout"):
         assert {"mae", "rmsle", "hit_rate", "n", "unparsed"} <= metrics[side].keys() and metrics[side]["n"] == 6
     assert (run_dir / "eval" / "test" / "scatter.png").stat().st_size > 1000
     r = run(["apps.price_predictor.predict", "--run", str(run_dir), "--title", "Steel Kettle, 1.7 L",

@@ -190,13 +190,21 @@ def test_ensemble_recovers_the_weights_and_keeps_them_non_negative():
     from apps.price_predictor import ensemble
 
     llm, ridge, truth = _synthetic(60, 0.3, 0.6, 0.35)
-    fitted = ensemble.fit(llm, ridge, truth)
-    assert (fitted.intercept, fitted.llm, fitted.ridge) == pytest.approx((0.3, 0.6, 0.35), abs=1e-4)
+    fitted = ensemble.fit({"llm": llm, "ridge": ridge}, truth)
+    assert (fitted.intercept, fitted.weights["llm"], fitted.weights["ridge"]) == pytest.approx((0.3, 0.6, 0.35),
+                                                                                               abs=1e-4)
     assert fitted.fitted_on == 60
-    assert fitted.predict(llm[:5], ridge[:5]) == pytest.approx(truth[:5], rel=1e-3)
+    assert fitted.predict({"llm": llm[:5], "ridge": ridge[:5]}) == pytest.approx(truth[:5], rel=1e-3)
     # a ridge estimate that only hurts gets weight 0, not a negative one
     llm, ridge, truth = _synthetic(60, 0.0, 1.0, -0.3, seed=1)
-    assert ensemble.fit(llm, ridge, truth).ridge == 0.0
+    assert ensemble.fit({"llm": llm, "ridge": ridge}, truth).weights["ridge"] == 0.0
+    # a third member that carries nothing new gets (near) zero weight; the blend needs the ridge as its fallback
+    llm, ridge, truth = _synthetic(60, 0.3, 0.6, 0.35, seed=2)
+    fitted = ensemble.fit({"llm": llm, "readout": [50.0] * 60, "ridge": ridge}, truth)
+    assert list(fitted.weights) == ["llm", "readout", "ridge"] and fitted.weights["llm"] == pytest.approx(0.6, abs=1e-3)
+    assert fitted.summary() == {"intercept": fitted.intercept, **fitted.weights, "fitted_on": 60}
+    with pytest.raises(ValueError, match="'ridge' member"):
+        ensemble.fit({"llm": llm, "readout": ridge}, truth)
 
 
 def test_ensemble_falls_back_to_the_ridge_estimate_without_an_llm_price():
@@ -204,12 +212,12 @@ def test_ensemble_falls_back_to_the_ridge_estimate_without_an_llm_price():
 
     llm, ridge, truth = _synthetic(30, 0.1, 0.7, 0.3)
     with_gaps = [None if i % 3 == 0 else x for i, x in enumerate(llm)]
-    fitted = ensemble.fit(with_gaps, ridge, truth)  # unparsed validation answers are left out of the fit
-    assert fitted.fitted_on == 20 and fitted.llm == pytest.approx(0.7, abs=1e-4)
-    assert fitted.predict([None, 50.0], [42.5, 50.0])[0] == 42.5
-    assert fitted.predict([1e9], [1e9]) == [999.49]  # never outside the prices the task accepts
+    fitted = ensemble.fit({"llm": with_gaps, "ridge": ridge}, truth)  # unparsed answers are left out of the fit
+    assert fitted.fitted_on == 20 and fitted.weights["llm"] == pytest.approx(0.7, abs=1e-4)
+    assert fitted.predict({"llm": [None, 50.0], "ridge": [42.5, 50.0]})[0] == 42.5
+    assert fitted.predict({"llm": [1e9], "ridge": [1e9]}) == [999.49]  # never outside the prices the task accepts
     with pytest.raises(ValueError, match="at least 10"):
-        ensemble.fit([None] * 30, ridge, truth)
+        ensemble.fit({"llm": [None] * 30, "ridge": ridge}, truth)
 
 
 @pytest.mark.parametrize("beams", [0, 8])
@@ -270,7 +278,8 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
 
     fitted_on = []
     real_fit = price_eval.blend.fit
-    monkeypatch.setattr(price_eval.blend, "fit", lambda llm, *a: fitted_on.extend(llm) or real_fit(llm, *a))
+    monkeypatch.setattr(price_eval.blend, "fit", lambda members, truth: fitted_on.extend(members["llm"])
+                        or real_fit(members, truth))
 
     def predict_both(task, plan, with_base=True, extra=None, **overrides):
         fmt = get_format("chatml")
@@ -279,13 +288,21 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         return evaluation.Predictions(plan.run, plan.source, plan.rows, tuned, None, {}, {}, plan.cfg,
                                       extra(None, None, fmt, prompts))
 
+    def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows):
+        order.append(f"readout {len(train_rows)}/{len(run_valid_rows)}")  # fitted on the run's own splits
+        noisy = random.Random(1)  # a read-out off by up to 60% either way: it must not outweigh the exact LLM
+        guess = [prices[p][0] * noisy.uniform(0.6, 1.6) for p in prompts]
+        valid = [prices[TASK.inference_prompt(r, fmt)][0] * noisy.uniform(0.6, 1.6) for r in valid_rows]
+        return guess, valid or None
+
+    monkeypatch.setattr(price_eval, "_readout", readout)
     monkeypatch.setattr(price_eval, "generate", generate)
     monkeypatch.setattr(price_eval, "candidates", candidates)
     monkeypatch.setattr(price_eval.evaluation, "predict_both", predict_both)
     metrics = price_eval.evaluate(str(run.path), with_base=False, beams=beams)
     # the ridge is fitted before any generation; the validation rows go through the estimator the blend uses
     searched = ["search 12", "search 24"] if beams else ["generate 24"]
-    assert order == ["ridge", "generate 12", *searched]
+    assert order == ["ridge", "generate 12", *searched, "readout 60/24"]
     ens = metrics["ensemble"]
     if beams:  # the blend is fitted on the weighted mean of the validation candidates, as it is applied on the test
         first = next(iter(TASK.read(str(files["valid"]), DataReport(), drop_duplicates=False)))
@@ -294,15 +311,19 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("mean of 8 beams" if beams else "greedy")
     assert ens["weights"]["fitted_on"] == 23  # item 3 of the validation rows gave no price
     # the stand-in is always 10% high: the blend takes it alone and removes the bias
-    assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02) and ens["weights"]["ridge"] < 0.02
+    assert ens["members"] == ["llm", "readout", "ridge"]
+    assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02)
+    assert ens["weights"]["ridge"] < 0.02 and ens["weights"]["readout"] < 0.02
+    assert metrics["readout"]["n"] == 12
     assert ens["mae"] < metrics["finetuned"]["mae"]
     saved = json.loads((run.path / "eval" / "test" / "metrics.json").read_text())
     shown = list(metric_rows(saved))
-    assert shown[-1] == "ensemble: fine-tuned + TF-IDF ridge"
+    assert shown[-2:] == ["fine-tuned, hidden-state read-out", "ensemble: fine-tuned + read-out + TF-IDF ridge"]
     assert ("fine-tuned, 8-beam mean" in shown) == bool(beams)
     rows = [json.loads(line) for line in (run.path / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     fallback = [r for r in rows if r["finetuned"] is None]
     assert len(fallback) == 1 and fallback[0]["ensemble"] == fallback[0]["ridge"]
+    assert all(r["readout"] > 0 for r in rows)
     assert ens["ridge_fallbacks"] == 1 and math.isfinite(ens["mae"])
 
 

@@ -2,12 +2,13 @@
 
     python -m apps.price_predictor.evaluate --run runs/price_predictor/<run>  [--data FILE] [--limit N] [--last N]
     ... --beams 16      the weighted median and mean over the fine-tuned model's 16 likeliest prices (default 8)
-    ... --no-ensemble   skip the blend of the fine-tuned model with the TF-IDF ridge baseline
+    ... --no-readout    skip the hidden-state read-out (readout.py)
+    ... --no-ensemble   skip the blend of the estimators
 Rows: the two baselines, the base model, the fine-tuned model decoded greedily, the fine-tuned model's weighted
 median and mean price over its N likeliest (a beam search that reads each prompt once and stops at the price's
-'.': about the cost of greedy decoding; --beams 0 skips it), and the ensemble ("ensemble: fine-tuned + TF-IDF
-ridge"), fitted on the run's validation rows (its data.valid file, or the rows training held out) and scored on
-the test rows.
+'.': about the cost of greedy decoding; --beams 0 skips it), its hidden-state read-out (fitted by `train`, or
+here once if the run has none), and the ensemble ("ensemble: fine-tuned + read-out + TF-IDF ridge"), fitted on
+the run's validation rows (its data.valid file, or the rows training held out) and scored on the test rows.
 Writes <run>/eval/<name>/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit),
 where <name> is "test" for the run's own test file and the file's name otherwise.
 """
@@ -19,11 +20,12 @@ import time
 from shared import evaluation
 from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 from shared.data import DataReport
-from shared.generate import candidates, generate
+from shared.generate import candidates, generate, prompt_states
 from shared.log import log
 from shared.train import read_splits
 
 from . import ensemble as blend
+from . import readout as head
 from .baselines import fit_text_ridge, run_baselines
 from .report import metric_rows, scatter, table
 from .task import TASK, is_hit, mean_price, median_price, parse_price, price_metrics
@@ -37,12 +39,14 @@ SEARCH_BATCH = 8  # prompts per search batch, each `beams` rows after the prefil
 
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
-             beams: int = BEAMS, ensemble: bool = True, runs_root: str | None = None, **decoding) -> dict:
+             beams: int = BEAMS, ensemble: bool = True, readout: bool = True, runs_root: str | None = None,
+             **decoding) -> dict:
     plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
     # Everything else the scores need is read and fitted now, before minutes of generation: the baselines train
     # on the run's own training rows, the ensemble is fitted on its validation rows.
-    train_rows, valid_rows = read_splits(plan.cfg, TASK, DataReport())
+    train_rows, run_valid_rows = read_splits(plan.cfg, TASK, DataReport())
     ridge = fit_text_ridge(train_rows)
+    valid_rows = run_valid_rows
     if ensemble and len(valid_rows) < blend.MIN_ITEMS:
         log(f"no ensemble: the run has {len(valid_rows)} validation rows (at least {blend.MIN_ITEMS} needed)")
     valid_rows = valid_rows if ensemble and len(valid_rows) >= blend.MIN_ITEMS else []
@@ -72,10 +76,17 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
             prices, found = estimates(model, tokenizer, fmt, [TASK.inference_prompt(r, fmt) for r in valid_rows],
                                       "validation (ensemble)", "ensemble_validation_s")
             valid = prices if found is None else [mean_price(c) for c in found]
-        return test, valid
+        read = None
+        if readout:
+            t0 = time.time()
+            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows)
+            timings["readout_s"] = round(time.time() - t0, 1)
+        return test, valid, read
 
-    p = evaluation.predict_both(TASK, plan, with_base, extra=extra if beams > 1 or valid_rows else None, **decoding)
-    test_search, valid_llm = p.extra or (None, None)
+    wanted = beams > 1 or valid_rows or readout
+    p = evaluation.predict_both(TASK, plan, with_base, extra=extra if wanted else None, **decoding)
+    test_search, valid_llm, read = p.extra or (None, None, None)
+    test_read, valid_read = read or (None, None)
     medians, found = test_search or (None, None)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
@@ -88,24 +99,30 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     base = [parse_price(x) for x in p.base] if p.base is not None else None
     if base is not None:
         metrics["base"] = price_metrics(truth, base)
+    if test_read is not None:
+        metrics["readout"] = price_metrics(truth, test_read)
     test_ridge = ridge(p.rows)
     metrics["baselines"] = run_baselines(train_rows, p.rows, ridge)
     # The blend takes the weighted mean of the beams: the better single estimator at 1, 2 and 3 epochs on the dev
     # data, and the better blend (3 epochs, last 500: $41.72 against $44.46 fed the median)
-    blended = _ensemble(metrics, truth, means if means is not None else tuned, test_ridge, valid_llm,
-                        valid_rows, ridge, f"mean of {beams} beams" if means is not None else "greedy")
-    predictions = _prediction_rows(p, truth, tuned, base, found, medians, means, test_ridge, blended)
+    test_members = {"llm": means if means is not None else tuned, "readout": test_read, "ridge": test_ridge}
+    valid_members = {"llm": valid_llm, "readout": valid_read,
+                     "ridge": ridge(valid_rows) if valid_llm is not None else None}
+    blended = _ensemble(metrics, truth, test_members, valid_members, valid_rows,
+                        f"mean of {beams} beams" if means is not None else "greedy")
+    predictions = _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, test_ridge, blended)
     summary = {k: {"mae": metrics[k]["mae"], "hit_rate": metrics[k]["hit_rate"]}
-               for k in ("base", "finetuned", "finetuned_median", "finetuned_mean", "ensemble") if k in metrics}
+               for k in ("base", "finetuned", "finetuned_median", "finetuned_mean", "readout", "ensemble")
+               if k in metrics}
     out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     print(table(metric_rows(metrics)))
     if "ensemble" in metrics:
-        w = metrics["ensemble"]["weights"]
-        print(f"ensemble: log1p(price) = {w['intercept']:.3f} + {w['llm']:.3f} x log1p(fine-tuned, "
-              f"{metrics['ensemble']['llm']}) + {w['ridge']:.3f} x log1p(ridge), fitted on {w['fitted_on']} "
-              "validation items")
+        ens = metrics["ensemble"]
+        terms = " + ".join(f"{ens['weights'][m]:.3f} x log1p({blend.LABELS[m]})" for m in ens["members"])
+        print(f"ensemble: log1p(price) = {ens['weights']['intercept']:.3f} + {terms}, fitted on "
+              f"{ens['weights']['fitted_on']} validation items (fine-tuned: {ens['llm']})")
     unparsed = [x for x in predictions if x["finetuned"] is None][:5]
     for x in unparsed:
         print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")
@@ -113,7 +130,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     return metrics
 
 
-def _prediction_rows(p, truth, tuned, base, found, medians, means, test_ridge, blended) -> list[dict]:
+def _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, test_ridge, blended) -> list[dict]:
     """One predictions.jsonl row per test item; the candidates (answer, log-probability) behind the median are
     kept so that other estimators can be scored from the same search."""
     n = len(truth)
@@ -125,23 +142,37 @@ def _prediction_rows(p, truth, tuned, base, found, medians, means, test_ridge, b
     for row, median, mean, cands in zip(rows, medians or [], means or [], found or []):
         row["finetuned_median"], row["finetuned_mean"] = median, None if mean is None else round(mean, 2)
         row["finetuned_candidates"] = [[text, round(score, 4)] for text, score in cands]
+    for row, value in zip(rows, test_read or []):
+        row["readout"] = round(value, 2)
     for row, value, ridge_value in zip(rows, blended or [], test_ridge):
         row["ridge"], row["ensemble"] = round(ridge_value, 2), round(value, 2)
     return rows
 
 
-def _ensemble(metrics, truth, llm, test_ridge, valid_llm, valid_rows, ridge, source: str) -> list[float] | None:
-    """Fit the blend on the validation rows and score it on the test rows (into metrics); the blended prices."""
-    if valid_llm is None:
+def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows):
+    """(read-out price per test prompt, per ensemble validation row or None): the run's saved read-out, or one
+    fitted now on its training rows (alpha chosen on all its validation rows)."""
+    need_valid = bool(valid_rows) or head.load(run) is None
+    valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows") if need_valid else None
+    fitted = head.prepare(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
+    test = fitted.predict(prompt_states(model, tokenizer, prompts, head.BATCH, "read-out").numpy())
+    return test, fitted.predict(valid_x.numpy()) if valid_rows else None
+
+
+def _ensemble(metrics, truth, test_members: dict, valid_members: dict, valid_rows, source: str) -> list[float] | None:
+    """Fit the blend of the members that have estimates on the validation rows and score it on the test rows (into
+    metrics); the blended prices."""
+    if valid_members["llm"] is None:
         return None
+    members = [m for m in ("llm", "readout", "ridge") if valid_members[m] is not None]
     try:
-        fitted = blend.fit(valid_llm, ridge(valid_rows), [r["price"] for r in valid_rows])
+        fitted = blend.fit({m: valid_members[m] for m in members}, [r["price"] for r in valid_rows])
     except ValueError as e:  # too few parsed validation answers: the other rows still stand
         log(f"no ensemble: {e}")
         return None
-    blended = fitted.predict(llm, test_ridge)
-    metrics["ensemble"] = {**price_metrics(truth, blended), "weights": dataclasses.asdict(fitted), "llm": source,
-                           "ridge_fallbacks": sum(x is None for x in llm)}
+    blended = fitted.predict({m: test_members[m] for m in members})
+    metrics["ensemble"] = {**price_metrics(truth, blended), "members": members, "weights": fitted.summary(),
+                           "llm": source, "ridge_fallbacks": sum(x is None for x in test_members["llm"])}
     return blended
 
 
@@ -151,15 +182,19 @@ def main(argv=None):
                         help=f"also score the weighted median and mean of the fine-tuned model's N likeliest "
                              f"prices (beam search, each prompt read once; about the cost of greedy); 0 = greedy "
                              f"only (default {BEAMS})")
+    parser.add_argument("--no-readout", action="store_true",
+                        help="skip the hidden-state read-out (a run without a saved one fits it here: one forward "
+                             "pass over its training rows)")
     parser.add_argument("--no-ensemble", action="store_true",
-                        help="skip the ensemble (fine-tuned + TF-IDF ridge), which generates on the run's "
-                             "validation rows too")
+                        help="skip the ensemble (fine-tuned + read-out + TF-IDF ridge), which generates on the "
+                             "run's validation rows too")
     args = parser.parse_args(argv)
 
     def work():
         check_counts(args)
         evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base, full_vocab=args.full_vocab,
-                 beams=args.beams, ensemble=not args.no_ensemble, runs_root=args.runs_root,
+                 beams=args.beams, ensemble=not args.no_ensemble, readout=not args.no_readout,
+                 runs_root=args.runs_root,
                  **decoding_overrides(args))
 
     run_cli(work)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .ensemble import NAME as ENSEMBLE
+from .ensemble import name as ensemble_name
 from .task import HIT_DOLLARS, HIT_FRACTION, is_hit
+
+READOUT = "fine-tuned, hidden-state read-out"  # readout.py
 
 
 def metric_rows(metrics: dict) -> dict[str, dict]:
     """The rows of an evaluation's metrics.json in table order, named as the evaluation prints them and the
-    demo shows them: baselines, base model, fine-tuned (greedy), the beam median and mean, the ensemble."""
+    demo shows them: baselines, base model, fine-tuned (greedy), the beam median and mean, the hidden-state
+    read-out, the ensemble."""
     rows = dict(metrics.get("baselines", {}))
     if "base" in metrics:
         rows["base model"] = metrics["base"]
@@ -18,15 +21,17 @@ def metric_rows(metrics: dict) -> dict[str, dict]:
         rows[f"fine-tuned, {metrics['finetuned_median']['beams']}-beam median"] = metrics["finetuned_median"]
     if "finetuned_mean" in metrics:
         rows[f"fine-tuned, {metrics['finetuned_mean']['beams']}-beam mean"] = metrics["finetuned_mean"]
-    if "ensemble" in metrics:
-        rows[ENSEMBLE] = metrics["ensemble"]
+    if "readout" in metrics:
+        rows[READOUT] = metrics["readout"]
+    if "ensemble" in metrics:  # older metrics.json files blended the fine-tuned model and the ridge only
+        rows[ensemble_name(metrics["ensemble"].get("members", ("llm", "ridge")))] = metrics["ensemble"]
     return rows
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = [f"{'model':<36} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
+    lines = [f"{'model':<48} {'MAE $':>9} {'RMSLE':>7} {'hit rate':>9} {'n':>5} {'unparsed':>9}"]
     for name, m in results.items():
-        lines.append(f"{name:<36} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
+        lines.append(f"{name:<48} {m['mae']:>9.2f} {m['rmsle']:>7.3f} {m['hit_rate'] * 100:>8.1f}% {m['n']:>5} "
                      f"{m['unparsed']:>9}")
     lines.append(f"hit = error under ${HIT_DOLLARS:.0f} or under {HIT_FRACTION:.0%} of the true price; "
                  "an unparsed answer counts as $0")

@@ -1,0 +1,80 @@
+"""The price predictor's hidden-state read-out: the ridge fit and its choice of strength, and a saved read-out
+that is reused only for the weights it was fitted on."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from apps.price_predictor import readout
+from apps.price_predictor.task import TASK
+from shared import runs
+from shared.config import resolve
+from shared.data import DataReport
+
+from .conftest import write_jsonl
+
+
+def _linear(n: int, seed: int):
+    """Features and prices whose log1p is a linear function of them, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8))
+    logs = 3.0 + x @ np.array([0.5, -0.3, 0.2, 0.0, 0.1, 0.0, -0.2, 0.4]) + rng.normal(scale=0.05, size=n)
+    return x, np.expm1(logs).tolist()
+
+
+def test_fit_recovers_a_linear_price_and_picks_the_strength_on_validation():
+    x, prices = _linear(300, 0)
+    xv, valid = _linear(60, 1)
+    fitted = readout.fit(x, prices, xv, valid, digest="abc")
+    assert fitted.fitted_on == 300 and fitted.weights_digest == "abc"
+    assert set(fitted.valid_mae) == {str(a) for a in readout.ALPHAS}
+    assert fitted.valid_mae[str(fitted.alpha)] == min(fitted.valid_mae.values())
+    assert fitted.alpha == 10.0  # almost noiseless: the weakest ridge fits best
+    guesses = fitted.predict(xv)
+    assert np.mean(np.abs(np.log1p(guesses) - np.log1p(valid))) < 0.1
+    assert fitted.predict(np.full((1, 8), 100.0)) == [999.49]  # never outside the prices the task accepts
+    # without validation rows: the default strength
+    assert readout.fit(x, prices).alpha == readout.DEFAULT_ALPHA
+    with pytest.raises(ValueError, match="at least 2"):
+        readout.fit(x[:1], prices[:1])
+
+
+@pytest.fixture()
+def run(tmp_path):
+    items = [{"title": f"kettle {i}", "description": "A kettle.", "price": 10.0 + i} for i in range(30)]
+    flat = {"data.train": str(write_jsonl(tmp_path / "train.jsonl", items)), "data.valid_fraction": 0.2}
+    made = runs.Run.create(tmp_path / "run", "price_predictor", dataclasses.asdict(resolve(cli=flat)), {},
+                           status="completed")
+    made.save()
+    (made.path / "adapter").mkdir()
+    (made.path / "adapter" / "adapter_config.json").write_text("{}")
+    (made.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v1")
+    return made
+
+
+def test_a_saved_read_out_is_reused_only_for_the_weights_it_was_fitted_on(run, monkeypatch):
+    read = []
+
+    def states(model, tokenizer, fmt, rows, progress=None):  # a feature per row that encodes its price
+        read.append(len(rows))
+        return torch.tensor([[np.log1p(r["price"]), 1.0] for r in rows], dtype=torch.float32)
+
+    monkeypatch.setattr(readout, "states", states)
+    rows = TASK.read(str(run.path.parent / "train.jsonl"), DataReport())
+    train_rows, valid_rows = rows[:24], rows[24:]
+    first = readout.prepare(run, None, None, None, train_rows, valid_rows)
+    assert read == [24, 6] and (run.path / readout.FILE).is_file()
+    assert first.predict([[np.log1p(20.0), 1.0]])[0] == pytest.approx(20.0, rel=0.05)
+    assert readout.prepare(run, None, None, None, train_rows, valid_rows) == first and read == [24, 6]
+    # weights trained further: refitted, not reused
+    (run.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2")
+    assert readout.load(run) is None
+    readout.prepare(run, None, None, None, train_rows, valid_rows)
+    assert read == [24, 6, 24, 6]
+    saved = json.loads((run.path / readout.FILE).read_text())
+    assert saved["weights_digest"] == readout.weights_digest(run) and saved["fitted_on"] == 24
+    # a damaged file is refitted too, never a crash
+    (run.path / readout.FILE).write_text("{not json")
+    assert readout.load(run) is None
