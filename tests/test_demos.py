@@ -233,7 +233,8 @@ def test_price_page_predicts_and_filters_evaluated_items(in_runs):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["model"]) == ["constant (train mean)", "tf-idf + ridge", "base model", "fine-tuned",
-                                   "fine-tuned, 8-beam median", "fine-tuned, 8-beam mean"]
+                                   "fine-tuned, 8-beam median", "fine-tuned, 8-beam mean",
+                                   "fine-tuned, hidden-state read-out"]
     assert "8 of 8 items" in _texts(at)
     at.multiselect(key="categories").select("Kitchen").run()
     assert "2 of 8 items" in _texts(at)
