@@ -244,7 +244,8 @@ def test_price_page_predicts_and_filters_evaluated_items(in_runs):
     at.text_area(key="description").input("word " * 80)
     at.button[0].click().run()
     assert not at.exception
-    assert [m.label for m in at.metric] == ["base", "fine-tuned"]
+    assert [m.label for m in at.metric] == ["base", "fine-tuned", "read-out"]  # train fitted the read-out
+    assert at.metric[2].value.startswith("$")
     assert any("first 60 words" in i.value for i in at.info)
     at.text_input(key="title").input("")
     at.button[0].click().run()

@@ -47,3 +47,4 @@ def test_embedded_model_train_evaluate_predict(embedded_run):
     r = run(["apps.price_predictor.predict", "--run", str(run_dir), "--title", "Steel Kettle, 1.7 L",
              "--description", "A premium kettle."], cwd=ROOT)
     assert r.returncode == 0 and ("$" in r.stdout or "could not read a price" in r.stdout), r.stderr[-2000:]
+    assert "read off the hidden state: $" in r.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from apps.price_predictor import readout
 from apps.price_predictor.report import metric_rows
 from apps.price_predictor.task import (
     DESCRIPTION_WORDS,
@@ -48,15 +49,22 @@ def page():
             prompt = TASK.inference_prompt(row, loaded.fmt)
             budget = TASK.answer_budget(row, loaded.tokenizer)
             gen = loaded.cfg.generate
-            left, right = st.columns(2)
+            with loaded.lock:  # the adapter must stay on while the hidden state is read
+                read = readout.estimate(run, loaded.model, loaded.tokenizer, loaded.fmt, [row])
+            columns = st.columns(2 if read is None else 3)
             entry = {"title": checked_title.text}
-            for column, name, use_base in ((left, "base", True), (right, "fine-tuned", False)):
+            for column, name, use_base in zip(columns, ("base", "fine-tuned"), (True, False)):
                 answer = demo.generate_answer(loaded, prompt, gen, use_base, budget)
                 price = parse_price(answer)
                 entry[name] = price
                 with column:
                     st.metric(name, f"${price:,.2f}" if price is not None else "no price")
                     st.caption(f"raw answer: {answer!r}")
+            if read is not None:
+                entry["read-out"] = round(read[0], 2)
+                with columns[2]:
+                    st.metric("read-out", f"${read[0]:,.2f}")
+                    st.caption("read off the fine-tuned model's hidden state (readout.py)")
             st.session_state.setdefault("history", []).insert(0, entry)
 
     if st.session_state.get("history"):

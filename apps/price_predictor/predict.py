@@ -10,6 +10,7 @@ from shared.demo import check_text
 from shared.generate import base_model, generate, load_run
 from shared.log import log
 
+from . import readout
 from .task import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, TASK, item_row, parse_price
 
 
@@ -27,13 +28,17 @@ def main(argv=None):
             raise ConfigError("--title is empty: give the product's title")
         for note in title.notes + description.notes:
             log(note)
-        model, tokenizer, fmt, cfg = load_run(find_run(TASK, args))
+        run = find_run(TASK, args)
+        model, tokenizer, fmt, cfg = load_run(run)
         row = item_row(title.text, description.text)
         prompt = [TASK.inference_prompt(row, fmt)]
         budget = [TASK.answer_budget(row, tokenizer)]
         answer = generate(model, tokenizer, fmt, prompt, cfg.generate, budget)[0]
         price = parse_price(answer)
         print(f"${price:,.2f}" if price is not None else f"could not read a price from the answer {answer!r}")
+        read = readout.estimate(run, model, tokenizer, fmt, [row])
+        if read is not None:
+            print(f"read off the hidden state: ${read[0]:,.2f}")
         if args.base:
             with base_model(model):
                 base = generate(model, tokenizer, fmt, prompt, cfg.generate, budget)[0]

@@ -106,6 +106,12 @@ def load(run: runs.Run) -> Readout | None:
     return saved
 
 
+def estimate(run: runs.Run, model, tokenizer, fmt, rows: list[Row]) -> list[float] | None:
+    """The run's saved read-out applied to rows (predict, the demo); None when the run has none for its weights."""
+    fitted = load(run)
+    return None if fitted is None else fitted.predict(states(model, tokenizer, fmt, rows).numpy())
+
+
 def states(model, tokenizer, fmt, rows: list[Row], progress: str | None = None):
     return prompt_states(model, tokenizer, [TASK.inference_prompt(r, fmt) for r in rows], BATCH, progress)
 
