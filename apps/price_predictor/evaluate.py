@@ -46,10 +46,9 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     # on the run's own training rows, the ensemble is fitted on its validation rows.
     train_rows, run_valid_rows = read_splits(plan.cfg, TASK, DataReport())
     ridge = fit_text_ridge(train_rows)
-    valid_rows = run_valid_rows
-    if ensemble and len(valid_rows) < blend.MIN_ITEMS:
-        log(f"no ensemble: the run has {len(valid_rows)} validation rows (at least {blend.MIN_ITEMS} needed)")
-    valid_rows = valid_rows if ensemble and len(valid_rows) >= blend.MIN_ITEMS else []
+    if ensemble and len(run_valid_rows) < blend.MIN_ITEMS:
+        log(f"no ensemble: the run has {len(run_valid_rows)} validation rows (at least {blend.MIN_ITEMS} needed)")
+    valid_rows = run_valid_rows if ensemble and len(run_valid_rows) >= blend.MIN_ITEMS else []  # the ensemble's
     settings = {f.name for f in dataclasses.fields(plan.cfg.generate)}  # decoding also carries full_vocab
     gen = dataclasses.replace(plan.cfg.generate,
                               **{k: v for k, v in decoding.items() if k in settings and v is not None})

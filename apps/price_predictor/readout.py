@@ -30,7 +30,7 @@ from shared.log import log
 from .task import MAX_PRICE, MIN_PRICE, TASK
 
 FILE = "readout.json"
-ALPHAS = (10.0, 100.0, 1000.0, 10000.0)
+ALPHAS = (10.0, 100.0, 1000.0, 10000.0, 100000.0)
 DEFAULT_ALPHA = 1000.0  # without validation rows: the middle of the range that did well on the dev data
 BATCH = 16  # prompts per forward pass (64 was 2x slower on a 2-core CPU: more padding per batch)
 
