@@ -282,8 +282,8 @@ class AnswerEnds:
 
 @torch.inference_mode()
 def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, max_new_tokens: int,
-               batch_size: int = 8, progress: str | None = None,
-               ends: tuple[str, ...] = ()) -> list[list[tuple[str, float]]]:
+               batch_size: int = 8, progress: str | None = None, ends: tuple[str, ...] = (),
+               states: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
     """The n most likely complete answers per prompt (beam search, width n) with their log-probabilities
     (sums over tokens, no length normalisation), best first. For short answers where the whole distribution
     matters, e.g. a price: a weighted median over them minimises the expected absolute error.
@@ -293,7 +293,10 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
 
     Each prompt is read once: a batched prefill, then its cache is copied to the n beams (see `_beams`). The
     answers and scores are those of Hugging Face beam search with length_penalty=0, early_stopping=False and
-    the end tokens as eos_token_id, which reads every prompt n times (its prefill runs on n copies)."""
+    the end tokens as eos_token_id, which reads every prompt n times (its prefill runs on n copies).
+
+    states: a float32 tensor (len(prompts), hidden size) that receives `prompt_states` of the prompts, taken from
+    the prefill the search runs anyway (no second pass over the prompts)."""
     from tqdm.auto import tqdm
 
     if n < 2:
@@ -305,7 +308,8 @@ def candidates(model, tokenizer, fmt: ChatFormat, prompts: list[str], n: int, ma
     dev = next(model.parameters()).device
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
     for idx, ids, mask, _ in _left_padded_batches(tokenizer, prompts, batch_size):
-        found = _beams(model, ids.to(dev), mask.to(dev), n, max_new_tokens, sorted({*stops, *extra}))
+        with _first_state(model, states, idx):
+            found = _beams(model, ids.to(dev), mask.to(dev), n, max_new_tokens, sorted({*stops, *extra}))
         for row, i in enumerate(idx):
             results[i] = [(tokenizer.decode(_without_stop(tokens, stops), skip_special_tokens=True).strip(), score)
                           for score, tokens in found[row]]
@@ -323,8 +327,7 @@ def prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 16,
     generating, such as the price predictor's read-out."""
     from tqdm.auto import tqdm
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the adapter stays on
-    decoder = inner.get_decoder()
+    decoder = _decoder(model)
     dev = next(model.parameters()).device
     out: torch.Tensor | None = None
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, unit="ex")
@@ -338,6 +341,33 @@ def prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 16,
         bar.update(len(idx))
     bar.close()
     return out if out is not None else torch.empty((0, 0))
+
+
+def _decoder(model):
+    """The transformer body under the output layer (for a PEFT model, with its adapter on)."""
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+
+
+@contextlib.contextmanager
+def _first_state(model, states: torch.Tensor | None, idx: list[int]):
+    """Within: the decoder's first forward pass (a prefill over left-padded prompts) writes its last position's
+    hidden state into states[idx]; nothing when states is None."""
+    if states is None:
+        yield
+        return
+    seen = []
+
+    def keep(module, args, output):
+        if not seen:
+            seen.append(True)
+            hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            states[idx] = hidden[:, -1].float().cpu()
+
+    handle = _decoder(model).register_forward_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _without_stop(tokens: list[int], stops: list[int]) -> list[int]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
-from shared.generate import base_model, generate, prompt_states, stop_ids
+from shared.generate import base_model, candidates, generate, prompt_states, stop_ids
 from tests.conftest import favour_tokens
 
 PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
@@ -88,11 +88,14 @@ def test_prompt_states_are_the_last_tokens_state_whatever_the_padding(tiny_model
             torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-5)
         with base_model(tuned):
             assert not torch.allclose(prompt_states(tuned, tok, PROMPTS[:1]), batched[:1])
+    # the beam search's own prefill gives the same states, without a second pass over the prompts
+    from_search = torch.full_like(batched, float("nan"))
+    found = candidates(tuned, tok, fmt, PROMPTS, 2, 3, batch_size=2, states=from_search)
+    torch.testing.assert_close(from_search, batched, rtol=1e-4, atol=1e-5)
+    assert found == candidates(tuned, tok, fmt, PROMPTS, 2, 3, batch_size=2)
 
 
 def test_beam_candidates_are_ranked_and_width_one_is_greedy(tiny_model_cfg):
-    from shared.generate import candidates
-
     model, tok, fmt = _load(tiny_model_cfg)
     ranked = candidates(model, tok, fmt, PROMPTS, n=4, max_new_tokens=6, batch_size=2)
     assert [len(c) for c in ranked] == [4, 4, 4]

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from apps.price_predictor.task import (
     TASK,
@@ -271,8 +272,11 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         order.append(f"generate {len(prompts)}")
         return [answer(p) for p in prompts]
 
-    def candidates(model, tokenizer, fmt, prompts, n, max_new_tokens, batch_size=8, progress=None, ends=()):
+    def candidates(model, tokenizer, fmt, prompts, n, max_new_tokens, batch_size=8, progress=None, ends=(),
+                   states=None):
         order.append(f"search {len(prompts)}")
+        if states is not None:  # the prefill's features, for the read-out
+            states[:] = torch.tensor([[prices[p][0]] for p in prompts])
         # a likely answer and an unlikely one at twice the price: the weighted mean and median differ
         return [[(answer(p), -0.1), (answer(p, 2.2), -3.0)] for p in prompts]
 
@@ -288,14 +292,20 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         return evaluation.Predictions(plan.run, plan.source, plan.rows, tuned, None, {}, {}, plan.cfg,
                                       extra(None, None, fmt, prompts))
 
-    def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows):
+    def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows, test_x, valid_x):
         order.append(f"readout {len(train_rows)}/{len(run_valid_rows)}")  # fitted on the run's own splits
+        if beams:  # the features come from the searches' prefills, not from another pass
+            assert test_x[:, 0].tolist() == pytest.approx([prices[p][0] for p in prompts])
+            assert valid_x.shape == (len(valid_rows), 1) and not valid_x.isnan().any()
+        else:
+            assert test_x is None and valid_x is None
         noisy = random.Random(1)  # a read-out off by up to 60% either way: it must not outweigh the exact LLM
         guess = [prices[p][0] * noisy.uniform(0.6, 1.6) for p in prompts]
         valid = [prices[TASK.inference_prompt(r, fmt)][0] * noisy.uniform(0.6, 1.6) for r in valid_rows]
         return guess, valid or None
 
     monkeypatch.setattr(price_eval, "_readout", readout)
+    monkeypatch.setattr(price_eval.head, "empty_states", lambda model, n: torch.full((n, 1), float("nan")))
     monkeypatch.setattr(price_eval, "generate", generate)
     monkeypatch.setattr(price_eval, "candidates", candidates)
     monkeypatch.setattr(price_eval.evaluation, "predict_both", predict_both)

@@ -54,13 +54,14 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
                               **{k: v for k, v in decoding.items() if k in settings and v is not None})
     timings: dict = {}
 
-    def estimates(model, tokenizer, fmt, prompts, progress: str, timing: str):
+    def estimates(model, tokenizer, fmt, prompts, progress: str, timing: str, states=None):
         """(price per prompt, candidates per prompt or None): the weighted median of the fine-tuned model's
-        `beams` likeliest prices, or its greedy answer."""
+        `beams` likeliest prices, or its greedy answer. states: filled with the prompts' read-out features from
+        the search's prefill."""
         t0 = time.time()
         if beams > 1:
             found = candidates(model, tokenizer, fmt, prompts, beams, TASK.answer_budget(None, tokenizer),
-                               batch_size=SEARCH_BATCH, progress=progress, ends=PRICE_ENDS)
+                               batch_size=SEARCH_BATCH, progress=progress, ends=PRICE_ENDS, states=states)
             prices = [median_price(c) for c in found]
         else:
             found, prices = None, [parse_price(a) for a in generate(model, tokenizer, fmt, prompts, gen,
@@ -69,16 +70,23 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
         return prices, found
 
     def extra(model, tokenizer, fmt, prompts):
-        test = estimates(model, tokenizer, fmt, prompts, f"{beams}-beam median", "median_s") if beams > 1 else None
+        # the read-out's features come free from the beam search's prefill; greedy decoding leaves them to _readout
+        capture = readout and beams > 1
+        test_x = head.empty_states(model, len(prompts)) if capture else None
+        valid_x = head.empty_states(model, len(valid_rows)) if capture and valid_rows else None
+        test = None
+        if beams > 1:
+            test = estimates(model, tokenizer, fmt, prompts, f"{beams}-beam median", "median_s", test_x)
         valid = None
         if valid_rows:  # the blend's input on the validation rows: the same estimator as on the test rows
             prices, found = estimates(model, tokenizer, fmt, [TASK.inference_prompt(r, fmt) for r in valid_rows],
-                                      "validation (ensemble)", "ensemble_validation_s")
+                                      "validation (ensemble)", "ensemble_validation_s", valid_x)
             valid = prices if found is None else [mean_price(c) for c in found]
         read = None
         if readout:
             t0 = time.time()
-            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows)
+            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows,
+                            test_x, valid_x)
             timings["readout_s"] = round(time.time() - t0, 1)
         return test, valid, read
 
@@ -148,14 +156,19 @@ def _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, te
     return rows
 
 
-def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows):
+def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows, test_x=None,
+             valid_x=None):
     """(read-out price per test prompt, per ensemble validation row or None): the run's saved read-out, or one
-    fitted now on its training rows (alpha chosen on all its validation rows)."""
-    need_valid = bool(valid_rows) or head.load(run) is None
-    valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows") if need_valid else None
-    fitted = head.prepare(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
-    test = fitted.predict(prompt_states(model, tokenizer, prompts, head.BATCH, "read-out").numpy())
-    return test, fitted.predict(valid_x.numpy()) if valid_rows else None
+    fitted now on its training rows (alpha chosen on all its validation rows). test_x, valid_x: the features of
+    the test prompts and of the ensemble's validation rows (= the run's) when the caller has them already."""
+    fitted = head.load(run)
+    if valid_x is None and (valid_rows or fitted is None):
+        valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows")
+    if fitted is None:
+        fitted = head.prepare(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
+    if test_x is None:
+        test_x = prompt_states(model, tokenizer, prompts, head.BATCH, "read-out")
+    return fitted.predict(test_x.numpy()), fitted.predict(valid_x.numpy()) if valid_rows else None
 
 
 def _ensemble(metrics, truth, test_members: dict, valid_members: dict, valid_rows, source: str) -> list[float] | None:

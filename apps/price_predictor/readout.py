@@ -112,6 +112,13 @@ def estimate(run: runs.Run, model, tokenizer, fmt, rows: list[Row]) -> list[floa
     return None if fitted is None else fitted.predict(states(model, tokenizer, fmt, rows).numpy())
 
 
+def empty_states(model, n: int):
+    """Room for n rows of features, for `shared.generate.candidates(states=...)` to fill."""
+    import torch
+
+    return torch.full((n, model.config.get_text_config().hidden_size), float("nan"))
+
+
 def states(model, tokenizer, fmt, rows: list[Row], progress: str | None = None):
     return prompt_states(model, tokenizer, [TASK.inference_prompt(r, fmt) for r in rows], BATCH, progress)
 
