@@ -429,6 +429,8 @@ def test_price_predictor_on_llama31_base(gpu_models, tmp_path, capsys):
     assert lora_layers(run_dir) == {name: LAYERS for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
     metrics = evaluate(str(run_dir), cfg.data.test, limit=4)
     assert metrics["finetuned"]["n"] == 4
+    # a run trained without the train command's last step: evaluate fits the read-out on the 4-bit model itself
+    assert metrics["readout"]["n"] == 4 and json.loads((run_dir / "readout.json").read_text())["fitted_on"] > 0
     export.main(["--run", str(run_dir), "--merged", str(tmp_path / "merged")])
     merged_cfg = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
     tokenizer, fmt = models.load_tokenizer(str(tmp_path / "merged"), ModelConfig(chat_template="llama3"))
