@@ -186,9 +186,9 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
         cfg, run_dir, reason = build_config(task, args, rest)
         log(f"profile: {cfg.profile} ({reason})")
         out = train(task, cfg, run_dir, reason, resume=args.resume, overwrite=args.overwrite)
-        if runs.is_main_process() and after is not None:
-            after(out)
         if runs.is_main_process():  # once, not once per process under accelerate launch
+            if after is not None:
+                after(out)
             print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {out}")
 
     run_cli(main)

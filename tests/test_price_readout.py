@@ -69,7 +69,7 @@ def test_a_saved_read_out_is_reused_only_for_the_weights_it_was_fitted_on(run, m
     assert first.predict([[np.log1p(20.0), 1.0]])[0] == pytest.approx(20.0, rel=0.05)
     assert readout.prepare(run, None, None, None, train_rows, valid_rows) == first and read == [24, 6]
     # weights trained further: refitted, not reused
-    (run.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2")
+    (run.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2, trained further")
     assert readout.load(run) is None
     readout.prepare(run, None, None, None, train_rows, valid_rows)
     assert read == [24, 6, 24, 6]

@@ -165,7 +165,7 @@ def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, va
     if valid_x is None and (valid_rows or fitted is None):
         valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows")
     if fitted is None:
-        fitted = head.prepare(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
+        fitted = head.fit_and_save(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
     if test_x is None:
         test_x = prompt_states(model, tokenizer, prompts, head.BATCH, "read-out")
     return fitted.predict(test_x.numpy()), fitted.predict(valid_x.numpy()) if valid_rows else None

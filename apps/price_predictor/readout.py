@@ -81,14 +81,23 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
     return Readout(mean.tolist(), scale.tolist(), m.coef_.tolist(), float(m.intercept_), best, digest, len(x), scores)
 
 
+_digests: dict[tuple, str] = {}  # (path, inode, size, mtime) of each weight file -> digest
+
+
 def weights_digest(run: runs.Run) -> str:
-    h = hashlib.sha256()
-    for f in sorted(run.weights_dir.glob("*.safetensors")) + sorted(run.weights_dir.glob("*.bin")):
-        h.update(f.name.encode())
-        with open(f, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    """sha256 of the run's weight files, read again only when one of them changed on disk (predict and the demo
+    check the read-out on every request; a full model's weights are gigabytes)."""
+    files = sorted(run.weights_dir.glob("*.safetensors")) + sorted(run.weights_dir.glob("*.bin"))
+    key = tuple((str(f), st.st_ino, st.st_size, st.st_mtime_ns) for f, st in ((f, f.stat()) for f in files))
+    if key not in _digests:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
 
 
 def load(run: runs.Run) -> Readout | None:
@@ -124,13 +133,15 @@ def states(model, tokenizer, fmt, rows: list[Row], progress: str | None = None):
     return prompt_states(model, tokenizer, [TASK.inference_prompt(r, fmt) for r in rows], BATCH, progress)
 
 
-def prepare(run: runs.Run, model, tokenizer, fmt, train_rows: list[Row], valid_rows: list[Row],
-            valid_x=None) -> Readout:
-    """The run's read-out: the saved one, or fitted now (one forward pass over the training rows) and saved.
-    valid_x: the validation rows' features when the caller already has them."""
-    saved = load(run)
-    if saved is not None:
-        return saved
+def prepare(run: runs.Run, model, tokenizer, fmt, train_rows: list[Row], valid_rows: list[Row]) -> Readout:
+    """The run's read-out: the saved one, or fitted now (one forward pass over the training rows) and saved."""
+    return load(run) or fit_and_save(run, model, tokenizer, fmt, train_rows, valid_rows)
+
+
+def fit_and_save(run: runs.Run, model, tokenizer, fmt, train_rows: list[Row], valid_rows: list[Row],
+                 valid_x=None) -> Readout:
+    """Fit the read-out on the run's weights and write it to <run>/readout.json. valid_x: the validation rows'
+    features when the caller already has them."""
     log(f"fitting the hidden-state read-out on {len(train_rows)} training rows (one forward pass each)")
     train_x = states(model, tokenizer, fmt, train_rows, "read-out: training rows")
     if valid_x is None and valid_rows:
