@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model, tokenizer, fmt, cfg = load_model(a)
     # The loop has no loop guard, so ours runs without one too: the guard changes what a looping answer says.
-    gen = dataclasses.replace(cfg.generate, batch_size=a.batch_size, do_sample=False, loop_guard=False,
+    # Both decode greedily (the cpu profile's evaluation uses beam search; this compares the batching).
+    gen = dataclasses.replace(cfg.generate, batch_size=a.batch_size, do_sample=False, loop_guard=False, num_beams=1,
                               max_new_tokens=a.max_new_tokens or cfg.generate.max_new_tokens)
     rows = TASK.read(a.data, DataReport(), limit=a.limit, drop_duplicates=False)
     prompts = [TASK.inference_prompt(r, fmt) for r in rows]

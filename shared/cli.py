@@ -97,7 +97,7 @@ def check_counts(args: argparse.Namespace) -> None:
 def decoding_overrides(args: argparse.Namespace) -> dict:
     """Generation settings given on an evaluate command line (unset ones keep the run's config)."""
     keys = ("batch_size", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens", "num_beams",
-            "loop_guard", "first_line")
+            "loop_guard", "first_line", "beam_pick")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

@@ -75,10 +75,11 @@ def load(run_dir: str | Path) -> LoadedRun:
 
 
 def decoding(base: GenerateSettings, sample: bool, temperature: float, top_p: float, top_k: int,
-             max_new_tokens: int) -> GenerateSettings:
-    """The run's generation settings with the sidebar's choices applied."""
+             max_new_tokens: int, num_beams: int = 1) -> GenerateSettings:
+    """The run's generation settings with the sidebar's choices applied (streamed answers are greedy or sampled;
+    num_beams > 1 is for `generate_answer`)."""
     return dataclasses.replace(base, do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, num_beams=num_beams)
 
 
 def stream_answer(loaded: LoadedRun, prompt: str, gen: GenerateSettings, use_base: bool,

@@ -140,8 +140,10 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
         if budgets is not None:
             kw["max_new_tokens"] = min(gen.max_new_tokens, max(budgets[i] or gen.max_new_tokens for i in idx))
         if beams:
-            found = _beams(model, ids.to(dev), mask.to(dev), beams, kw["max_new_tokens"], stops)
-            answers = [found[row][0][1] for row in range(len(idx))]
+            lines = line_tables(tokenizer) if gen.first_line else None
+            found = _beams(model, ids.to(dev), mask.to(dev), beams, kw["max_new_tokens"], stops, lines)
+            answers = [_pick(found[row], gen, lambda tokens: _answer_text(tokenizer, gen, tokens, stops))
+                       for row in range(len(idx))]
         else:
             ends = AnswerEnds.for_settings(tokenizer, gen, width)
             if gen.do_sample or not _own_greedy_applies(model):
@@ -152,13 +154,57 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
                 answers = _greedy(model, ids.to(dev), mask.to(dev), kw["max_new_tokens"], stops, ends,
                                   _greedy_processors(gen))
         for row, i in enumerate(idx):
-            tokens = answers[row]
-            if gen.loop_guard:
-                tokens = _strip_loop(tokens, {*stops, tokenizer.pad_token_id})
-            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            outputs[i] = _answer_text(tokenizer, gen, answers[row], stops)
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+def _answer_text(tokenizer, gen: GenerateSettings, tokens: list[int], stops: list[int]) -> str:
+    if gen.loop_guard:
+        tokens = _strip_loop(tokens, {*stops, tokenizer.pad_token_id})
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _pick(found: list[tuple[float, list[int]]], gen: GenerateSettings, text_of) -> list[int]:
+    """The answer (its tokens) that gen.beam_pick keeps of one prompt's beams, `found` = (score, tokens) best
+    first. text_of(tokens) gives an answer's text as `generate` returns it."""
+    if gen.beam_pick == "length":
+        return max(found, key=lambda f: f[0] / max(1, len(f[1])))[1]
+    if gen.beam_pick == "consensus" and len(found) > 1:
+        texts = [text_of(tokens) for _, tokens in found]
+        if gen.first_line:
+            texts = ["".join(first_line([t])) for t in texts]
+        return found[consensus(texts)][1]
+    return found[0][1]
+
+
+def consensus(texts: list[str]) -> int:
+    """The index of the text with the highest total chrF++ against all the others: the minimum-Bayes-risk
+    choice among equally weighted candidates. Weighting them by their probabilities scored lower on the
+    translator (the beams' probabilities are close to a point mass on the first; README, decoding options).
+    Ties go to the earlier (more likely) text."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF(word_order=2)
+    totals = [sum(chrf.sentence_score(text, [other]).score for j, other in enumerate(texts) if j != i)
+              for i, text in enumerate(texts)]
+    return max(range(len(texts)), key=lambda i: (totals[i], -i))
+
+
+def line_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(breaks, leads, visible) over the tokenizer's ids: token t's text has a line break; it has visible text
+    before its first line break; it has visible text at all. Beam search uses them to end an
+    answer at its first line break after some text, as `AnswerEnds` does for greedy decoding. Decoding every
+    token once takes about a second for a 262k vocabulary, so the tables are kept on the tokenizer."""
+    tables = getattr(tokenizer, "_ft_line_tables", None)
+    if tables is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        tables = (torch.tensor(["\n" in t for t in texts]),
+                  torch.tensor([bool(t.split("\n")[0].strip()) for t in texts]),
+                  torch.tensor([bool(t.strip()) for t in texts]))
+        tokenizer._ft_line_tables = tables
+    return tables
 
 
 # Generation-config settings that add logits processors to greedy decoding in model.generate; a model whose
@@ -399,7 +445,8 @@ def _log_probs(model, **inputs) -> tuple[torch.Tensor, object]:
 
 
 def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tokens: int,
-           stops: list[int]) -> list[list[tuple[float, list[int]]]]:
+           stops: list[int], lines: tuple[torch.Tensor, ...] | None = None
+           ) -> list[list[tuple[float, list[int]]]]:
     """Beam search over one left-padded batch; per prompt its `width` best finished answers (score, tokens).
 
     The prompts go through the model once (prefill); the cache is then copied to `width` rows per prompt and
@@ -408,7 +455,10 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
     places that end in a stop token become finished answers, the best `width` of the rest run on. An answer
     cut off by max_new_tokens counts as finished. A prompt is done once `width` answers have finished and its
     best running beam scores no higher than the worst of them (log-probabilities only fall as tokens are added);
-    its rows then leave the batch, so the rest of the batch runs on fewer rows."""
+    its rows then leave the batch, so the rest of the batch runs on fewer rows.
+
+    lines: `line_tables` of the tokenizer, to end an answer also at its first line break after some text (the
+    break's token is kept in the answer, as greedy decoding with `AnswerEnds` keeps it)."""
     dev, n_prompts = ids.device, ids.shape[0]
     stop = torch.tensor(stops, device=dev)
     keep = max(2, 1 + len(stops)) * width
@@ -419,12 +469,19 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
     alive = torch.arange(n_prompts, device=dev)  # prompts still searching, in row order
     history = torch.empty((n_prompts, 1, 0), dtype=torch.long, device=dev)  # running beams' answer tokens
     scores = torch.zeros((n_prompts, 1), device=dev)  # running beams' log-probabilities (one beam before step 0)
+    texted = torch.zeros((n_prompts, 1), dtype=torch.bool, device=dev)  # running beams with visible text so far
+    if lines is not None:
+        breaks, leads, visible = (_padded(t, log_probs.shape[-1]).to(dev) for t in lines)
     for step in range(max_new_tokens):
         beams_now, vocab = log_probs.shape[0] // len(alive), log_probs.shape[-1]
         total = (scores[:, :, None] + log_probs.view(len(alive), beams_now, vocab)).view(len(alive), -1)
         top, flat = torch.topk(total, keep, dim=-1)
         beam, token = flat // vocab, flat % vocab
         ends = torch.isin(token, stop) | (step == max_new_tokens - 1)
+        texted = texted.gather(1, beam)  # the parent beam's, per continuation
+        if lines is not None:
+            ends |= breaks[token] & (texted | leads[token])
+            texted = texted | visible[token]
         paths = torch.cat([history.gather(1, beam[:, :, None].expand(-1, -1, step)), token[:, :, None]], dim=-1)
         _collect(finished, alive.tolist(), top, paths, ends, width)
         if step == max_new_tokens - 1:
@@ -432,18 +489,24 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
         top = top - 1e9 * ends.float()  # an ended answer does not run on
         running = torch.topk(top, width, dim=-1).indices
         scores, history = top.gather(1, running), paths.gather(1, running[:, :, None].expand(-1, -1, step + 1))
+        texted = texted.gather(1, running)
         rows = torch.arange(len(alive), device=dev)[:, None] * beams_now + beam.gather(1, running)
         going = torch.tensor([not _done(finished[p], best, width)
                               for p, best in zip(alive.tolist(), scores[:, 0].tolist())], device=dev)
         if not going.any():
             break
         cache.reorder_cache(rows[going].view(-1))  # each new beam gets its parent's cache; done prompts leave
-        alive, scores, history = alive[going], scores[going], history[going]
+        alive, scores, history, texted = alive[going], scores[going], history[going], texted[going]
         attention, positions = _step_inputs(mask, lengths, alive, step)
         log_probs, cache = _log_probs(model, input_ids=history[:, :, -1].reshape(-1, 1),
                                       attention_mask=attention.repeat_interleave(width, 0),
                                       position_ids=positions.repeat_interleave(width, 0), past_key_values=cache)
     return [sorted(found, key=lambda x: -x[0]) for found in finished]
+
+
+def _padded(table: torch.Tensor, size: int) -> torch.Tensor:
+    """A per-token table cut or padded with False to the output layer's size (it may differ from the tokenizer's)."""
+    return table[:size] if len(table) >= size else torch.cat([table, table.new_zeros(size - len(table))])
 
 
 def _collect(finished, alive, top, paths, ends, width: int) -> None:

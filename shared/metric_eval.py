@@ -9,6 +9,8 @@ line show it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 
 import torch
@@ -55,4 +57,7 @@ def for_run(task: Task, cfg, valid_rows: list, tokenizer, fmt, output_ids: list[
     """The run's product metric, or None when the task has none, there is no validation data, or it is off."""
     if not task.metric_name or not valid_rows or cfg.train.metric_samples <= 0 or cfg.train.eval_steps <= 0:
         return None
-    return ProductMetric(task, valid_rows, tokenizer, fmt, cfg.generate, cfg.train.metric_samples, output_ids)
+    # greedy even when the run decodes with beams: the metric only ranks checkpoints, and beam search would
+    # triple the time of every evaluation (translator, 4 beams: 86 s against 29 s for 240 sentences)
+    gen = dataclasses.replace(cfg.generate, num_beams=1)
+    return ProductMetric(task, valid_rows, tokenizer, fmt, gen, cfg.train.metric_samples, output_ids)

@@ -49,7 +49,9 @@ def test_embedded_model_train_evaluate_translate(embedded_run):
     preds = [json.loads(x) for x in (run_dir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and {"source", "reference", "base", "finetuned"} <= preds[0].keys()
     assert "BLEU signature" in r.stdout
+    assert metrics["decoding"]["num_beams"] == 4 and metrics["decoding"]["beam_pick"] == "consensus"
 
-    r = run(["apps.translator.translate", "--run", str(run_dir)], cwd=ROOT, stdin="Hello.\nThank you.\n")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert len(r.stdout.strip().splitlines()) == 2
+    for beams in ([], ["--beams", "1"]):  # the run's beam search, then greedy streaming
+        r = run(["apps.translator.translate", "--run", str(run_dir), *beams], cwd=ROOT, stdin="Hello.\nThank you.\n")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len(r.stdout.strip().splitlines()) == 2

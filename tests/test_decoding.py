@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
-from shared.generate import AnswerEnds, candidates, generate, loop_start
+from shared.generate import AnswerEnds, _pick, candidates, consensus, generate, loop_start
 
 from .conftest import ROOT
 from .test_generate import PROMPTS, _load
@@ -91,3 +91,36 @@ def test_no_reference_translation_counts_as_a_loop(gemma_tokenizer):
     assert len(refs) > 1000
     looping = [r for r in refs if loop_start(gemma_tokenizer(r, add_special_tokens=False)["input_ids"]) is not None]
     assert looping == []
+
+
+def test_beam_picks_score_length_and_consensus():
+    found = [(-2.0, [1, 2]), (-2.5, [3, 4, 5, 6, 7]), (-3.0, [8, 9, 10])]
+    texts = {2: "xyz qqq", 7: "the cat sat on the mat", 10: "the cat sat on a mat"}
+    pick = lambda how: _pick(found, dataclasses.replace(SETTINGS, beam_pick=how), lambda t: texts[t[-1]])  # noqa: E731
+    assert pick("score") == [1, 2]  # the most likely
+    assert pick("length") == [3, 4, 5, 6, 7]  # -0.5 a token against -1.0 and -1.0
+    assert pick("consensus") == [3, 4, 5, 6, 7]  # the two cat sentences agree; of them, the more likely one
+    assert consensus(["b", "a", "a"]) == 1 and consensus(["a", "b"]) == 0  # ties go to the more likely
+
+
+def test_consensus_pick_is_one_of_the_beams_and_compares_first_lines(tiny_model_cfg):
+    model, tok, fmt = _load(tiny_model_cfg)
+    found = candidates(model, tok, fmt, PROMPTS, n=4, max_new_tokens=8, batch_size=2)
+    picked = generate(model, tok, fmt, PROMPTS, dataclasses.replace(
+        SETTINGS, max_new_tokens=8, num_beams=4, batch_size=2, beam_pick="consensus"))
+    for answer, beams in zip(picked, found):
+        assert answer in [text for text, _ in beams]
+    # what is compared is the first line, the part a product keeps
+    gen = dataclasses.replace(SETTINGS, beam_pick="consensus", first_line=True)
+    lines = {1: "same\nnoise one", 2: "other", 3: "same\nnoise two three"}
+    assert _pick([(-1.0, [2]), (-2.0, [1]), (-3.0, [3])], gen, lambda t: lines[t[0]]) == [1]
+
+
+def test_beam_search_ends_at_the_first_line_break_after_text(tiny_model_cfg):
+    model, tok, fmt = _load(tiny_model_cfg)
+    calls = _scripted(model, tok, "\nab\ncdefgh")
+    beams = dataclasses.replace(SETTINGS, num_beams=2, batch_size=1)
+    assert generate(model, tok, fmt, PROMPTS[:1], beams) == ["ab\ncdefgh"]
+    calls.clear()
+    # the leading line break does not end it, the one after "ab" does
+    assert generate(model, tok, fmt, PROMPTS[:1], dataclasses.replace(beams, first_line=True)) == ["ab"]

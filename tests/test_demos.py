@@ -206,6 +206,27 @@ def test_translator_page_shows_base_and_finetuned_and_history(in_runs):
     assert len(at.session_state["history"]) == 2
 
 
+def test_translator_page_beam_search_shows_what_generate_gives(in_runs):
+    import dataclasses
+
+    from apps.translator.task import TASK, source_row
+
+    at = _app(TRANSLATOR_PAGE).run()
+    at.radio[0].set_value("beam search").run()
+    at.text_area(key="english").input("Where is the station?")
+    at.button[0].click().run()
+    assert not at.exception
+    loaded = demo.load(in_runs / "translator" / "tiny-translator")
+    gen = dataclasses.replace(loaded.cfg.generate, num_beams=max(2, loaded.cfg.generate.num_beams))
+    row = source_row("Where is the station?")
+    budget = min(gen.max_new_tokens, TASK.answer_budget(row, loaded.tokenizer))
+    history = at.session_state["history"][0]
+    assert history["decoding"] == "beam search"
+    for side, use_base in (("fine-tuned", False), ("base", True)):
+        answer = demo.generate_answer(loaded, TASK.inference_prompt(row, loaded.fmt), gen, use_base, budget)
+        assert history[side] == answer.strip().split("\n")[0].strip()
+
+
 @pytest.mark.parametrize("text, message", [
     ("   ", "Enter the English text."),
     ("오늘은 비가 옵니다", "does not look like English"),

@@ -11,6 +11,7 @@ import streamlit as st
 
 from apps.translator.task import MAX_CHARS, TASK, source_row
 from shared import demo
+from shared.generate import first_line
 
 
 def page():
@@ -20,8 +21,11 @@ def page():
 
     with st.sidebar:
         st.subheader("Decoding")
-        mode = st.radio("Mode", ["greedy", "sampling"], horizontal=True)
-        sample = mode == "sampling"
+        mode = st.radio("Mode", ["greedy", "sampling", "beam search"], horizontal=True,
+                        help="beam search is how `evaluate` decodes with the cpu profile: several beams, keeping "
+                             "the one the others agree with most (chrF++); it shows the answer once complete")
+        sample, beams = mode == "sampling", mode == "beam search"
+        width = st.slider("Beams", 2, 8, max(2, int(loaded.cfg.generate.num_beams)), disabled=not beams)
         temperature = st.slider("Temperature", 0.1, 1.5, 0.7, 0.05, disabled=not sample)
         top_p = st.slider("Top-p", 0.1, 1.0, 0.9, 0.05, disabled=not sample)
         top_k = st.slider("Top-k", 1, 100, 50, disabled=not sample)
@@ -30,7 +34,8 @@ def page():
         max_new_tokens = st.slider("Max new tokens", 8, 256, int(loaded.cfg.generate.max_new_tokens), 8)
         st.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}`")
 
-    gen = demo.decoding(loaded.cfg.generate, sample, temperature, top_p, top_k, max_new_tokens)
+    gen = demo.decoding(loaded.cfg.generate, sample, temperature, top_p, top_k, max_new_tokens,
+                        num_beams=width if beams else 1)
 
     with st.form("translate"):
         text = st.text_area("English", placeholder="The museum opens at nine on weekdays.", height=100,
@@ -53,9 +58,14 @@ def page():
                 with column:
                     st.markdown(f"**{name}**")
                     start = time.perf_counter()
-                    outputs[name] = st.write_stream(demo.stream_answer(
-                        loaded, prompt, gen, use_base, budget, seed=int(seed) if sample else None,
-                        first_line_only=True)) or ""
+                    if beams:
+                        outputs[name] = "".join(first_line([demo.generate_answer(loaded, prompt, gen, use_base,
+                                                                                 budget)]))
+                        st.write(outputs[name])
+                    else:
+                        outputs[name] = st.write_stream(demo.stream_answer(
+                            loaded, prompt, gen, use_base, budget, seed=int(seed) if sample else None,
+                            first_line_only=True)) or ""
                     st.caption(f"generated in {time.perf_counter() - start:.1f} s")
             st.session_state.setdefault("history", []).insert(
                 0, {"English": checked.text, "base": outputs["base"], "fine-tuned": outputs["fine-tuned"],

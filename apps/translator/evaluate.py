@@ -51,6 +51,10 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     p.add_argument("--beams", dest="num_beams", type=int,
                    help="beam search of this width (default: the run's generate.num_beams; 1 = greedy)")
+    p.add_argument("--beam-pick", choices=("score", "length", "consensus"),
+                   help="with --beams: keep the most likely answer (score), the most likely per token (length) or "
+                        "the one closest to the other beams in chrF++ (consensus) (default: the run's "
+                        "generate.beam_pick)")
     p.add_argument("--first-line", action=argparse.BooleanOptionalAction,
                    help="end each translation at its first line break, the part that is scored (default: the "
                         "run's generate.first_line; the scores are the same either way, only the time differs)")
