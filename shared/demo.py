@@ -76,8 +76,8 @@ def load(run_dir: str | Path) -> LoadedRun:
 
 def decoding(base: GenerateSettings, sample: bool, temperature: float, top_p: float, top_k: int,
              max_new_tokens: int, num_beams: int = 1) -> GenerateSettings:
-    """The run's generation settings with the sidebar's choices applied (streamed answers are greedy or sampled;
-    num_beams > 1 is for `generate_answer`)."""
+    """The run's generation settings with the sidebar's choices applied (num_beams > 1: beam search, whose
+    answer `stream_answer` gives in one piece)."""
     return dataclasses.replace(base, do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k,
                                max_new_tokens=max_new_tokens, num_beams=num_beams)
 

@@ -131,7 +131,7 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
     from tqdm.auto import tqdm
 
     kw = generation_kwargs(tokenizer, fmt, gen)
-    beams = gen.num_beams if gen.num_beams > 1 and not gen.do_sample else 0
+    beams = beam_width(gen)
     stops = stop_ids(tokenizer, fmt)
     outputs: list[str] = [""] * len(prompts)
     dev = next(model.parameters()).device
@@ -158,6 +158,11 @@ def generate(model, tokenizer, fmt: ChatFormat, prompts: list[str], gen: Generat
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+def beam_width(gen: GenerateSettings) -> int:
+    """The beam search width these settings ask for; 0 for greedy decoding or sampling."""
+    return gen.num_beams if gen.num_beams > 1 and not gen.do_sample else 0
 
 
 def _answer_text(tokenizer, gen: GenerateSettings, tokens: list[int], stops: list[int]) -> str:
@@ -543,8 +548,13 @@ def first_line(pieces: Iterable[str]) -> Iterator[str]:
 
 def stream(model, tokenizer, fmt: ChatFormat, prompt: str, gen: GenerateSettings,
            max_new_tokens: int | None = None) -> Iterator[str]:
-    """Yield text pieces as they are generated (for the CLI and the demos)."""
+    """Yield text pieces as they are generated (for the CLI and the demos). Beam search cannot stream (the
+    answer is chosen once every beam has ended): with gen.num_beams > 1 the whole answer is one piece."""
     from transformers import TextIteratorStreamer
+
+    if beam_width(gen):
+        yield generate(model, tokenizer, fmt, [prompt], gen, [max_new_tokens])[0]
+        return
 
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)

@@ -11,7 +11,6 @@ import streamlit as st
 
 from apps.translator.task import MAX_CHARS, TASK, source_row
 from shared import demo
-from shared.generate import first_line
 
 
 def page():
@@ -58,14 +57,9 @@ def page():
                 with column:
                     st.markdown(f"**{name}**")
                     start = time.perf_counter()
-                    if beams:
-                        outputs[name] = "".join(first_line([demo.generate_answer(loaded, prompt, gen, use_base,
-                                                                                 budget)]))
-                        st.write(outputs[name])
-                    else:
-                        outputs[name] = st.write_stream(demo.stream_answer(
-                            loaded, prompt, gen, use_base, budget, seed=int(seed) if sample else None,
-                            first_line_only=True)) or ""
+                    outputs[name] = st.write_stream(demo.stream_answer(
+                        loaded, prompt, gen, use_base, budget, seed=int(seed) if sample else None,
+                        first_line_only=True)) or ""
                     st.caption(f"generated in {time.perf_counter() - start:.1f} s")
             st.session_state.setdefault("history", []).insert(
                 0, {"English": checked.text, "base": outputs["base"], "fine-tuned": outputs["fine-tuned"],

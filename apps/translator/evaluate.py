@@ -10,6 +10,7 @@ import argparse
 
 from shared import evaluation
 from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
+from shared.config import GenerateSettings
 
 from .task import TASK, clean_translation, score
 
@@ -51,7 +52,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per sentence")
     p.add_argument("--beams", dest="num_beams", type=int,
                    help="beam search of this width (default: the run's generate.num_beams; 1 = greedy)")
-    p.add_argument("--beam-pick", choices=("score", "length", "consensus"),
+    p.add_argument("--beam-pick", choices=GenerateSettings.__dataclass_fields__["beam_pick"].metadata["choices"],
                    help="with --beams: keep the most likely answer (score), the most likely per token (length) or "
                         "the one closest to the other beams in chrF++ (consensus) (default: the run's "
                         "generate.beam_pick)")

@@ -15,7 +15,7 @@ import sys
 from shared.cli import find_run, run_cli, run_parser
 from shared.config import ConfigError
 from shared.demo import check_text
-from shared.generate import base_model, first_line, generate, load_run, stream
+from shared.generate import base_model, first_line, load_run, stream
 from shared.log import log
 
 from .task import MAX_CHARS, TASK, source_row
@@ -46,11 +46,8 @@ def main(argv=None):
             budget = TASK.answer_budget(source_row(sentence), tokenizer)
             with (base_model(model) if args.base else contextlib.nullcontext()):
                 # one line per sentence, as evaluation keeps it; the budget bounds the rest
-                if gen.num_beams > 1 and not gen.do_sample:
-                    print("".join(first_line(generate(model, tokenizer, fmt, [prompt], gen, [budget]))), end="")
-                else:
-                    for piece in first_line(stream(model, tokenizer, fmt, prompt, gen, budget)):
-                        print(piece, end="", flush=True)
+                for piece in first_line(stream(model, tokenizer, fmt, prompt, gen, budget)):
+                    print(piece, end="", flush=True)
             print()
 
     run_cli(work)
