@@ -110,6 +110,9 @@ class TrainSettings:
     share_prefix: bool = _f(True, "Compute the tokens every example of a batch starts with (system prompt, chat "
                                   "header) once per batch instead of once per row; same loss and gradients. "
                                   "Off under gradient checkpointing.")
+    lean_lora: bool = _f(True, "Run each LoRA layer as one forward and one backward (shared/lean.py:install_lora) "
+                               "instead of PEFT's, which copies every layer's input twice; same values up to "
+                               "rounding, a faster CPU step. Plain LoRA on a CPU only; others keep PEFT's.")
     saved_activations: str = _f("auto", "Dtype of the activations kept for the backward pass: auto = bfloat16 "
                                         "where the model computes in float32 on a CPU (half the memory; the "
                                         "gradients of bf16 mixed precision), else as computed (shared/lean.py).",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import full, metric_eval, models, runs, vocab
+from . import full, lean, metric_eval, models, runs, vocab
 from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
@@ -587,6 +587,8 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Progress line says the same, readably
     if peft_config is not None:  # PEFT errors only when no name matches: count that every target got LoRA
         models.check_lora_coverage(trainer.model, lora_targets(cfg, trainer.model.get_base_model()))
+        if cfg.train.lean_lora and (fused := lean.install_lora(trainer.model)):
+            log(f"lean LoRA forward and backward: {fused} layers (shared/lean.py)")
     trainer.product_metric = metric
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))

@@ -178,3 +178,124 @@ def test_the_gemma_tokenizer_encodes_decodes_and_saves_the_same_without_its_cons
     slim.save_pretrained(tmp_path)  # the saved tokenizer.json is the Rust tokenizer's own, merges included
     saved = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert saved.encode(text, add_special_tokens=False).ids == plain(text, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------- LoRA layers (install_lora)
+
+def _lora_pair(dtype, **lora):
+    """Two identical PEFT LoRA models on one linear layer, B made non-zero so the adapter's half counts."""
+    from peft import LoraConfig, get_peft_model
+
+    def build():
+        torch.manual_seed(4)
+        model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(48, 40, bias=False)).to(dtype),
+                               LoraConfig(r=8, lora_alpha=16, target_modules=["0"], **lora))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
+        return model
+
+    return build(), build()
+
+
+def _run(model, x, g, autocast: bool):
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+    out.backward(g)
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, True), (torch.bfloat16, False)],
+                         ids=["float32", "bf16-autocast", "bf16"])
+def test_lora_layer_gives_peft_values_and_gradients_to_rounding(dtype, autocast):
+    plain, slim = _lora_pair(dtype, lora_dropout=0.0)
+    assert lean.install_lora(slim) == 1
+    x = torch.randn(3, 5, 48).to(dtype)
+    g = torch.randn(3, 5, 40).to(dtype)
+    out_p, gx_p, grads_p = _run(plain, x, g, autocast)
+    out_s, gx_s, grads_s = _run(slim, x, g, autocast)
+    assert (out_s.dtype, gx_s.dtype) == (out_p.dtype, gx_p.dtype)
+    assert {n: t.dtype for n, t in grads_s.items()} == {n: t.dtype for n, t in grads_p.items()}  # float32 A, B
+    # Against the exact values (float64): off by no more than the dtype's rounding beyond PEFT's own error.
+    out_e, gx_e, grads_e = _run(copy.deepcopy(plain).double(), x.double(), g.double(), False)
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -7
+
+    def as_close(lean_value, peft_value, exact):
+        err = lambda v: (v.double() - exact).abs().max().item()  # noqa: E731
+        return err(lean_value) <= err(peft_value) + tol * exact.abs().max().item()
+
+    assert as_close(out_s, out_p, out_e)
+    assert as_close(gx_s, gx_p, gx_e)
+    for name, exact in grads_e.items():
+        assert as_close(grads_s[name], grads_p[name], exact), name
+    if dtype == torch.float32:  # float32 all through: the same values to float32 rounding
+        assert torch.allclose(out_s, out_p, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_layer_keeps_peft_forward_where_it_does_not_apply():
+    x = torch.randn(2, 48)
+    plain, slim = _lora_pair(torch.float32, lora_dropout=0.3)
+    assert lean.install_lora(slim) == 1
+    torch.manual_seed(9)
+    expected = plain(x)
+    torch.manual_seed(9)
+    assert torch.equal(expected, slim(x))  # an active dropout: PEFT's path, the same random mask
+    plain.eval(), slim.eval()
+    with torch.no_grad():  # evaluation and generation: PEFT's path, bit for bit
+        assert torch.equal(plain(x), slim(x))
+    with slim.disable_adapter(), plain.disable_adapter():
+        assert torch.equal(plain(x), slim(x))
+    dora_plain, dora_slim = _lora_pair(torch.float32, lora_dropout=0.0, use_dora=True)
+    lean.install_lora(dora_slim)
+    assert torch.equal(dora_plain(x), dora_slim(x))
+
+
+def test_a_training_run_uses_it_and_its_adapter_loads_with_plain_peft(tiny_gemma_dir, tmp_path):
+    """The cpu profile's shape: a bf16 Gemma 3 with rsLoRA on every projection. The run installs the lean layers,
+    trains to PEFT's losses (to bf16 rounding), and writes an adapter that plain PEFT loads to the same logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from apps.translator.task import TASK
+    from shared import runs
+    from shared.train import train
+
+    from .test_methods import Probe, _cfg, data  # noqa: F401  (data: the module fixture's function)
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    counted = []
+
+    class Count(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            counted.append(sum("_lean" in vars(m) and hasattr(m, "lora_A") for m in model.modules()))
+
+    def run(name, lean_lora):
+        probe = Probe(tiny_gemma_dir)
+        extra = {"model.dtype": "bfloat16", "train.bf16": "true", "lora.use_rslora": True,
+                 "lora.target_modules": [], "lora.dropout": 0.0, "train.lean_lora": lean_lora}
+        out = train(TASK, _cfg(tiny_gemma_dir, pairs, tmp_path / name, **extra), tmp_path / name, "t",
+                    callbacks=(probe.callback(), Count()))
+        return out, probe, [p["loss"] for p in runs.Run.load(out).record.loss_curve if "loss" in p]
+
+    lean_run, lean_probe, lean_losses = run("lean", True)
+    peft_run, peft_probe, peft_losses = run("peft", False)
+    assert counted == [2 * 7, 0]  # q, k, v, o, gate, up, down in each of the 2 layers
+    assert lean_losses[0] == pytest.approx(peft_losses[0], rel=1e-2)
+    assert lean_losses == pytest.approx(peft_losses, rel=5e-2)
+
+    def reload_gap(run_dir, probe):
+        """How far plain PEFT's load of the saved adapter is from the trained model's logits."""
+        base = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.bfloat16)
+        model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+        with torch.no_grad():
+            return (model(input_ids=probe.ids).logits.float() - probe.logits).abs().max().item()
+
+    # bf16 logits differ by ~0.01 between the trained model and the reloaded one on PEFT's own path too
+    assert reload_gap(lean_run, lean_probe) <= 2 * reload_gap(peft_run, peft_probe) + 1e-2
+
+
+def write_pairs(path):
+    from .conftest import PAIRS, write_jsonl
+    return write_jsonl(path, [{"en": e, "ko": k} for e, k in PAIRS])
