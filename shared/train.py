@@ -481,13 +481,16 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
 
 
 def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) -> None:
-    """The answer-only loss's options on a CompletionSFTTrainer: the shared prefix and the output vocabulary."""
+    """How a CompletionSFTTrainer's step computes: the shared prefix, the output vocabulary, the saved activations'
+    dtype, the lean LoRA layers."""
     # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
     trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
     trainer.autocast = cfg.train.method == "full"
     trainer.saved_dtype = saved_activation_dtype(cfg)
     if output_ids is not None:
         trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
+    if cfg.train.method == "lora" and cfg.train.lean_lora and (fused := lean.install_lora(trainer.model)):
+        log(f"lean LoRA forward and backward: {fused} layers (shared/lean.py)")
 
 
 def saved_activation_dtype(cfg: RunConfig) -> torch.dtype | None:
@@ -587,8 +590,6 @@ def build_trainer(cfg: RunConfig, args, run: runs.Run, model, tokenizer, train_d
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the Progress line says the same, readably
     if peft_config is not None:  # PEFT errors only when no name matches: count that every target got LoRA
         models.check_lora_coverage(trainer.model, lora_targets(cfg, trainer.model.get_base_model()))
-        if cfg.train.lean_lora and (fused := lean.install_lora(trainer.model)):
-            log(f"lean LoRA forward and backward: {fused} layers (shared/lean.py)")
     trainer.product_metric = metric
     if cfg.train.early_stopping and args.load_best_model_at_end:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping))
