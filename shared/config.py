@@ -113,6 +113,9 @@ class TrainSettings:
     lean_lora: bool = _f(True, "Run each LoRA layer as one forward and one backward (shared/lean.py:install_lora) "
                                "instead of PEFT's, which copies every layer's input twice; same values up to "
                                "rounding, a faster CPU step. Plain LoRA on a CPU only; others keep PEFT's.")
+    lean_attention: bool = _f(True, "Train with shared/attention.py's attention on a CPU (one float32 score matmul "
+                                    "per key/value head; SDPA's kernel is slow at these sizes); evaluation and "
+                                    "generation keep SDPA.")
     saved_activations: str = _f("auto", "Dtype of the activations kept for the backward pass: auto = bfloat16 "
                                         "where the model computes in float32 on a CPU (half the memory; the "
                                         "gradients of bf16 mixed precision), else as computed (shared/lean.py).",

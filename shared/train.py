@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import full, lean, metric_eval, models, runs, vocab
+from . import attention, full, lean, metric_eval, models, runs, vocab
 from .cli import raise_terminated
 from .config import ConfigError, RunConfig, save_yaml
 from .log import log
@@ -482,7 +482,7 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
 
 def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) -> None:
     """How a CompletionSFTTrainer's step computes: the shared prefix, the output vocabulary, the saved activations'
-    dtype, the lean LoRA layers."""
+    dtype, the lean LoRA layers, the attention."""
     # Unsloth replaces the model's forward with its own kernels; the shared prefix is for the stock forward.
     trainer.share_prefix = cfg.train.share_prefix and models.resolve_backend(cfg.model) != "unsloth"
     trainer.autocast = cfg.train.method == "full"
@@ -491,6 +491,8 @@ def loss_settings(trainer, cfg: RunConfig, model, output_ids: list[int] | None) 
         trainer.output_vocab = vocab.OutputVocab(output_ids, model.get_output_embeddings().weight.shape[0])
     if cfg.train.method == "lora" and cfg.train.lean_lora and (fused := lean.install_lora(trainer.model)):
         log(f"lean LoRA forward and backward: {fused} layers (shared/lean.py)")
+    if cfg.train.lean_attention and attention.install(model):
+        log("training attention: one float32 score matmul per key/value head (shared/attention.py)")
 
 
 def saved_activation_dtype(cfg: RunConfig) -> torch.dtype | None:
