@@ -39,13 +39,14 @@ def forward(module, query, key, value, attention_mask, dropout: float = 0.0, sca
     groups = heads // kv_heads
     scale = dim ** -0.5 if scaling is None else scaling
     stacked = query.reshape(batch, kv_heads, groups * length, dim)  # the query heads of each key/value head
-    scores = torch.matmul(stacked.float(), key.float().transpose(-1, -2)).mul_(scale)  # [B, KV, G*L, S]
-    blocked = ~attention_mask[:, :, None]  # [B, 1, 1, L, S] against scores viewed [B, KV, G, L, S]
-    scores = scores.view(batch, kv_heads, groups, length, keys).masked_fill(blocked, torch.finfo(scores.dtype).min)
-    probs = scores.softmax(-1)
-    live = attention_mask.any(-1, keepdim=True)[:, :, None]  # a padding query attends to nothing: SDPA gives 0
-    if not bool(live.all()):
-        probs = probs * live
+    with torch.autocast("cpu", enabled=False):  # float32 scores under autocast too (full fine-tuning runs in it)
+        scores = torch.matmul(stacked.float(), key.float().transpose(-1, -2)).mul_(scale)  # [B, KV, G*L, S]
+        blocked = ~attention_mask[:, :, None]  # [B, 1, 1, L, S] against scores viewed [B, KV, G, L, S]
+        scores = scores.view(batch, kv_heads, groups, length, keys).masked_fill(blocked, torch.finfo(torch.float32).min)
+        probs = scores.softmax(-1)
+        live = attention_mask.any(-1, keepdim=True)[:, :, None]  # a padding query attends to nothing: SDPA gives 0
+        if not bool(live.all()):
+            probs = probs * live
     probs = probs.to(value.dtype).view(batch, kv_heads, groups * length, keys)
     out = torch.matmul(probs, value).view(batch, heads, length, dim)
     return out.transpose(1, 2).contiguous(), None

@@ -37,7 +37,8 @@ def _sdpa_reference(q, k, v, mask):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kv_heads", [1, 2])
-def test_values_and_gradients_are_sdpa_s_to_rounding(dtype, kv_heads):
+@pytest.mark.parametrize("autocast", [False, True])
+def test_values_and_gradients_are_sdpa_s_to_rounding(dtype, kv_heads, autocast):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q, k, v, mask = _case(dtype, kv_heads=kv_heads)
@@ -47,7 +48,8 @@ def test_values_and_gradients_are_sdpa_s_to_rounding(dtype, kv_heads):
 
     def run(fn, *tensors):
         leaves = [t.clone().requires_grad_(True) for t in tensors]
-        out, _ = fn(module, *leaves, mask, scaling=q.shape[-1] ** -0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and tensors[0].dtype != torch.float64):
+            out, _ = fn(module, *leaves, mask, scaling=q.shape[-1] ** -0.5)
         out.backward(g.to(out.dtype))
         return out.detach(), [t.grad for t in leaves]
 
