@@ -228,14 +228,10 @@ def _lean_lora_forward(self, x, *args, **kwargs):
                              float(self.scaling[name]), dt)
 
 
-def _lora_fits(module) -> bool:
+def _lora_fits(module, lora_linear: type) -> bool:
     """A PEFT LoRA layer on a plain nn.Linear on the CPU: the case measured (a 4-bit or GPU base keeps PEFT's)."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return False
     base = getattr(module, "base_layer", None)
-    return type(module) is LoraLinear and type(base) is torch.nn.Linear and not module.fan_in_fan_out \
+    return type(module) is lora_linear and type(base) is torch.nn.Linear and not module.fan_in_fan_out \
         and base.weight.is_floating_point() and base.weight.device.type == "cpu"
 
 
@@ -275,10 +271,14 @@ def install_lora(model) -> int:
     adapter's matmuls then run in bf16 with float32 accumulation, as under autocast; on float32 activations the
     values are PEFT's to float32 rounding. Call it after PEFT wraps the model; generation keeps PEFT's forward.
     """
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
     checked: dict[tuple, bool] = {}
     changed = 0
     for module in model.modules():
-        if "_lean" in vars(module) or not _lora_fits(module):
+        if "_lean" in vars(module) or not _lora_fits(module, LoraLinear):
             continue
         key = (type(module), module.base_layer.weight.dtype)
         if key not in checked:

@@ -10,7 +10,6 @@ line show it.
 from __future__ import annotations
 
 import dataclasses
-
 import time
 
 import torch
