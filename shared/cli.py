@@ -69,6 +69,9 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--checkpoint", help="score a checkpoint of the run instead of its final weights: a step "
+                                        "(e.g. 1200) or 'last'; the run may still be training. Results go to "
+                                        "eval/<name>-checkpoint-STEP/")
     p.add_argument("--full-vocab", action="store_true",
                    help="decode over the whole vocabulary even when the run was trained with train.output_vocab = "
                         "answers (as its merged or GGUF export decodes)")

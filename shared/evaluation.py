@@ -38,8 +38,13 @@ class EvalPlan:
 
 
 def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
-         runs_root: str | None = None) -> EvalPlan:
-    loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"))
+         runs_root: str | None = None, checkpoint: str | None = None) -> EvalPlan:
+    """checkpoint: score that checkpoint's weights (`runs.Run.at_checkpoint`); its results go to
+    eval/<name>-checkpoint-N/, beside the final weights' eval/<name>/."""
+    loaded = runs.find_run(run, task.name, runs_root, finished=checkpoint is None,
+                           train_command=task.command("train"))
+    if checkpoint is not None:
+        loaded = loaded.at_checkpoint(checkpoint)
     cfg = loaded.config()
     source = data or cfg.data.test
     if not source:
@@ -47,7 +52,10 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     rows = task.read(source, DataReport(), limit=limit, last=last, drop_duplicates=False)
     if not rows:
         raise ConfigError(f"{source}: no usable rows to evaluate")
-    return EvalPlan(loaded, cfg, source, runs.eval_name(source, cfg.data.test), rows)
+    name = runs.eval_name(source, cfg.data.test)
+    if loaded.checkpoint is not None:
+        name = f"{name}-{loaded.checkpoint.name}"
+    return EvalPlan(loaded, cfg, source, name, rows)
 
 
 def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None, full_vocab: bool = False,

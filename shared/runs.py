@@ -28,6 +28,7 @@ DEFAULT_ROOT = "runs"
 MARKER = "domain-finetune run"
 SCHEMA = 1
 STATUSES = ("running", "completed", "interrupted", "failed")
+PISSA_START = "pissa-start"  # a PiSSA run's adapter as initialised, to convert the saved one (shared/train.py)
 
 
 def runs_root(configured: str | Path | None = None) -> Path:
@@ -178,9 +179,10 @@ class RunRecord:
 class Run:
     """A run folder and its record. `Run.load` for an existing one, `Run.create` for a new one."""
 
-    def __init__(self, path: str | Path, record: RunRecord):
+    def __init__(self, path: str | Path, record: RunRecord, checkpoint: Path | None = None):
         self.path = Path(path)
         self.record = record
+        self.checkpoint = checkpoint  # a checkpoint folder whose weights stand in for the final ones
 
     # -- finding and loading
     @staticmethod
@@ -223,8 +225,16 @@ class Run:
 
     @property
     def weights_dir(self) -> Path:
-        """What training produced: adapter/ (PEFT adapter) or model/ (a transformers model, shared/full.py)."""
+        """What training produced: adapter/ (PEFT adapter) or model/ (a transformers model, shared/full.py), or
+        the checkpoint folder chosen with `at_checkpoint`."""
+        if self.checkpoint is not None:
+            return self.checkpoint
         return self.path / "model" if self.is_full else self.adapter_dir
+
+    @property
+    def weights_home(self) -> Path:
+        """Where files fitted on the weights live (the run folder, or the chosen checkpoint's folder)."""
+        return self.checkpoint if self.checkpoint is not None else self.path
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -234,6 +244,32 @@ class Run:
     def finished(self) -> bool:
         marker = "config.json" if self.is_full else "adapter_config.json"
         return (self.weights_dir / marker).is_file() and self.record.status == "completed"
+
+    def at_checkpoint(self, spec: str | int) -> "Run":
+        """This run with the weights of one of its checkpoints in place of the final ones: a step (`1200`),
+        a folder name (`checkpoint-1200`) or `last`. The run need not be finished: a checkpoint of a run
+        still training, or stopped, can be scored."""
+        saved = sorted((d for d in self.checkpoints_dir.glob("checkpoint-*") if d.is_dir()
+                        and d.name.removeprefix("checkpoint-").isdigit()),
+                       key=lambda d: int(d.name.removeprefix("checkpoint-")))
+        have = ", ".join(d.name.removeprefix("checkpoint-") for d in saved) or "none"
+        spec = str(spec).strip()
+        if spec == "last":
+            if not saved:
+                raise ConfigError(f"run {self.path} has no checkpoints (saved steps: none)")
+            folder = saved[-1]
+        else:
+            step = spec.removeprefix("checkpoint-")
+            if not step.isdigit():
+                raise ConfigError(f"--checkpoint {spec!r}: give a step (e.g. 1200), checkpoint-STEP or 'last'")
+            folder = self.checkpoints_dir / f"checkpoint-{int(step)}"
+            if folder not in saved:
+                raise ConfigError(f"run {self.path} has no checkpoint at step {int(step)} (saved steps: {have}; "
+                                  "train.save_total_limit decides how many are kept)")
+        if (self.path / PISSA_START).is_dir():
+            raise ConfigError(f"{folder} is a PiSSA checkpoint: it fits the base as PiSSA changed it, not the "
+                              f"original base. Score the run's finished adapter instead ({self.adapter_dir})")
+        return Run(self.path, self.record, folder)
 
     def config(self) -> RunConfig:
         """The run's resolved config (data paths anchored as when it was trained)."""
@@ -268,6 +304,7 @@ class Run:
         write_jsonl(out / "predictions.jsonl", predictions)
         write_json(out / "metrics.json", metrics)
         self.record.evaluations[name] = {"data": str(source), "folder": f"eval/{name}",
+                                         "weights": str(self.weights_dir.relative_to(self.path)),
                                          "written": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary or {}}
         self.save()
         return out

@@ -673,14 +673,11 @@ def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s
     trainer.accelerator.wait_for_everyone()  # no process returns before the run folder is complete
 
 
-PISSA_START = "pissa-start"
-
-
 def _keep_pissa_start(trainer, run_dir: Path) -> None:
     """PiSSA moves the base weights' principal part into the adapter, so its adapter only fits the modified
     base. The adapter as initialised is kept (once: a resumed run re-creates the same start from the seed), so
     that the saved adapter can be converted to a plain LoRA that fits the original base."""
-    start = run_dir / PISSA_START
+    start = run_dir / runs.PISSA_START
     if runs.is_main_process() and not (start / "adapter_config.json").is_file():
         trainer.model.save_pretrained(str(start), save_embedding_layers=False)
 
@@ -696,7 +693,7 @@ def _save_weights(trainer, tokenizer, out: Path, full_model: bool) -> None:
         trainer.accelerator.wait_for_everyone()
         trainer.save_model(str(tmp))
     elif main:
-        start = out.parent / PISSA_START
+        start = out.parent / runs.PISSA_START
         # a PiSSA adapter is saved as the plain LoRA (rank 2r) it amounts to on the unmodified base
         convert = {"path_initial_model_for_weight_conversion": str(start)} if start.is_dir() else {}
         if full_model:

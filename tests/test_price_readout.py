@@ -78,3 +78,23 @@ def test_a_saved_read_out_is_reused_only_for_the_weights_it_was_fitted_on(run, m
     # a damaged file is refitted too, never a crash
     (run.path / readout.FILE).write_text("{not json")
     assert readout.load(run) is None
+
+
+def test_a_checkpoints_read_out_is_kept_with_the_checkpoint(run, monkeypatch):
+    """Scoring a checkpoint fits a read-out for its weights and keeps it in its folder: the run's own
+    read-out (fitted on the final weights) is neither used for it nor replaced."""
+    monkeypatch.setattr(readout, "states", lambda model, tokenizer, fmt, rows, progress=None:
+                        torch.tensor([[np.log1p(r["price"]), 1.0] for r in rows], dtype=torch.float32))
+    rows = TASK.read(str(run.path.parent / "train.jsonl"), DataReport())
+    readout.prepare(run, None, None, None, rows[:24], rows[24:])
+    final = (run.path / readout.FILE).read_bytes()
+    folder = run.checkpoints_dir / "checkpoint-10"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights at step 10")
+    at_ten = run.at_checkpoint(10)
+    assert readout.load(at_ten) is None  # the final weights' read-out does not fit these
+    fitted = readout.prepare(at_ten, None, None, None, rows[:24], rows[24:])
+    assert json.loads((folder / readout.FILE).read_text())["weights_digest"] == fitted.weights_digest
+    assert (run.path / readout.FILE).read_bytes() == final
+    assert readout.load(at_ten) == fitted and readout.load(run).weights_digest != fitted.weights_digest

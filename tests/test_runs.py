@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from apps.translator.task import TASK
 from shared import runs
@@ -74,6 +75,61 @@ def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
     assert (len(test_rows), len(other_rows)) == (3, 3)
     assert test_metrics["data"] == str(data) and other_metrics["data"].endswith("other.jsonl")
     assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
+
+
+@pytest.fixture(scope="module")
+def stepped(tiny_model_dir, data, tmp_path_factory) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("stepped") / "run"
+    train_main(TASK, cli_args(tiny_model_dir, data, out, 4, "--data.test", str(data), "--train.lr", "0.05"))
+    return out
+
+
+def test_a_checkpoint_is_scored_beside_the_final_weights(stepped, capsys):
+    from safetensors.torch import load_file
+
+    from apps.translator import evaluate
+    from shared.generate import load_run
+
+    final = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1)
+    at_last = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="4")
+    at_two = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="checkpoint-2")
+    run = runs.Run.load(stepped)
+    assert {"test", "test-checkpoint-4", "test-checkpoint-2"} <= run.record.evaluations.keys()
+    assert run.record.evaluations["test"]["weights"] == "adapter"
+    assert run.record.evaluations["test-checkpoint-2"]["weights"] == "checkpoints/checkpoint-2"
+    assert at_two["weights"] == str(stepped / "checkpoints" / "checkpoint-2")
+    # the last checkpoint holds the final weights: the same translations
+    assert run.read_eval("test-checkpoint-4")[1] == run.read_eval("test")[1]
+    assert at_last["finetuned"] == final["finetuned"]
+    # the weights loaded are the checkpoint's own, not the final adapter's
+    model, *_ = load_run(run.at_checkpoint(2), limit_vocab=False)
+    saved = load_file(stepped / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    name = next(k for k in saved if "lora_B" in k)
+    loaded = dict(model.named_parameters())[name.replace(".weight", ".default.weight")]
+    assert torch.equal(loaded.detach(), saved[name])
+    assert not torch.equal(saved[name], load_file(stepped / "adapter" / "adapter_model.safetensors")[name])
+
+
+def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(stepped, tmp_path, capsys):
+    import shutil
+
+    from apps.translator import evaluate
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(stepped, stopped)
+    shutil.rmtree(stopped / "adapter")  # as a run interrupted after step 2's checkpoint leaves it
+    shutil.rmtree(stopped / "checkpoints" / "checkpoint-4")
+    record = json.loads((stopped / "run.json").read_text())
+    (stopped / "run.json").write_text(json.dumps({**record, "status": "interrupted", "evaluations": {}}))
+    assert "has no finished adapter" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped)]))
+    evaluate.main(["--run", str(stopped), "--checkpoint", "last", "--limit", "2", "--no-base", "--beams", "1"])
+    assert "test-checkpoint-2" in runs.Run.load(stopped).record.evaluations
+    message = cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "3"]))
+    assert "no checkpoint at step 3 (saved steps: 2;" in message
+    assert "give a step" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "best"]))
+    (stopped / runs.PISSA_START).mkdir()
+    assert "PiSSA checkpoint" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "2"]))
 
 
 # ---------------------------------------------------------------- what training may do with a folder

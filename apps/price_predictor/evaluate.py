@@ -4,6 +4,7 @@
     ... --beams 16      the weighted median and mean over the fine-tuned model's 16 likeliest prices (default 8)
     ... --no-readout    skip the hidden-state read-out (readout.py)
     ... --no-ensemble   skip the blend of the estimators
+    ... --checkpoint 400  score the run's checkpoints/checkpoint-400 instead of its final weights
 Rows: the two baselines, the base model, the fine-tuned model decoded greedily, the fine-tuned model's weighted
 median and mean price over its N likeliest (a beam search that reads each prompt once and stops at the price's
 '.': about the cost of greedy decoding; --beams 0 skips it), its hidden-state read-out (fitted by `train`, or
@@ -40,8 +41,8 @@ SEARCH_BATCH = 8  # prompts per search batch, each `beams` rows after the prefil
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
              beams: int = BEAMS, ensemble: bool = True, readout: bool = True, runs_root: str | None = None,
-             **decoding) -> dict:
-    plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
+             checkpoint: str | None = None, **decoding) -> dict:
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint)
     # Everything else the scores need is read and fitted now, before minutes of generation: the baselines train
     # on the run's own training rows, the ensemble is fitted on its validation rows.
     train_rows, run_valid_rows = read_splits(plan.cfg, TASK, DataReport())
@@ -97,7 +98,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     medians, found = test_search or (None, None)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
-    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": {**p.timings, **timings},
+    metrics = {"run": str(p.run.path), "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding, "timings": {**p.timings, **timings},
                "finetuned": price_metrics(truth, tuned)}
     means = [mean_price(c) for c in found] if found is not None else None
     if medians is not None:
@@ -206,7 +207,7 @@ def main(argv=None):
         check_counts(args)
         evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base, full_vocab=args.full_vocab,
                  beams=args.beams, ensemble=not args.no_ensemble, readout=not args.no_readout,
-                 runs_root=args.runs_root,
+                 runs_root=args.runs_root, checkpoint=args.checkpoint,
                  **decoding_overrides(args))
 
     run_cli(work)

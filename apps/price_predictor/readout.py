@@ -102,7 +102,7 @@ def weights_digest(run: runs.Run) -> str:
 
 def load(run: runs.Run) -> Readout | None:
     """The run's read-out if it was fitted on the weights the run holds now."""
-    path = run.path / FILE
+    path = run.weights_home / FILE
     if not path.is_file():
         return None
     try:
@@ -150,9 +150,9 @@ def fit_and_save(run: runs.Run, model, tokenizer, fmt, train_rows: list[Row], va
                  None if valid_x is None else valid_x.numpy(), [r["price"] for r in valid_rows],
                  weights_digest(run))
     if runs.is_main_process():
-        tmp = run.path / (FILE + ".tmp")
+        tmp = run.weights_home / (FILE + ".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(fitted)), encoding="utf-8")
-        tmp.replace(run.path / FILE)  # never a half-written file
+        tmp.replace(run.weights_home / FILE)  # never a half-written file
     if fitted.valid_mae:
         log(f"read-out: alpha {fitted.alpha:g}, validation MAE ${fitted.valid_mae[str(fitted.alpha)]:.2f} "
             f"over {len(valid_rows)} rows")
@@ -180,7 +180,7 @@ def main(argv=None):
         fitted = fit_run(run)
         shown = {k: f"${v:.2f}" for k, v in fitted.valid_mae.items()}
         print(f"read-out of {run.path}: alpha {fitted.alpha:g}, fitted on {fitted.fitted_on} training rows; "
-              f"validation MAE by alpha: {shown or 'no validation rows'}\nwrote {run.path / FILE}")
+              f"validation MAE by alpha: {shown or 'no validation rows'}\nwrote {run.weights_home / FILE}")
 
     run_cli(work)
 

@@ -1,8 +1,10 @@
 """Score base and fine-tuned translations of the same sentences (BLEU ko-mecab, chrF++).
 
     python -m apps.translator.evaluate --run runs/translator/<run>   [--data FILE] [--limit N | --last N]
+    ... --checkpoint 1200    score the run's checkpoints/checkpoint-1200 instead of its final weights
 Writes <run>/eval/<name>/metrics.json and predictions.jsonl, where <name> is "test" for the run's own test
-file and the file's name otherwise, so scores on several files sit side by side.
+file and the file's name otherwise (with -checkpoint-N after it for a checkpoint), so scores on several files
+and checkpoints sit side by side.
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ def table(metrics: dict) -> str:
 
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
-             runs_root: str | None = None, **decoding) -> dict:
-    plan = evaluation.plan(TASK, run, data, limit, last, runs_root)
+             runs_root: str | None = None, checkpoint: str | None = None, **decoding) -> dict:
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint)
     p = evaluation.predict_both(TASK, plan, with_base, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
-    metrics = {"run": str(p.run.path), "data": p.source, "decoding": p.decoding, "timings": p.timings,
+    metrics = {"run": str(p.run.path), "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding, "timings": p.timings,
                "finetuned": score(tuned, refs)}
     if p.base is not None:
         metrics["base"] = score(base, refs)
@@ -67,7 +69,7 @@ def main(argv=None):
     def work():
         check_counts(args)
         evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base, full_vocab=args.full_vocab,
-                 runs_root=args.runs_root, **decoding_overrides(args))
+                 runs_root=args.runs_root, checkpoint=args.checkpoint, **decoding_overrides(args))
 
     run_cli(work)
 
