@@ -247,25 +247,26 @@ class Run:
 
     def at_checkpoint(self, spec: str | int) -> "Run":
         """This run with the weights of one of its checkpoints in place of the final ones: a step (`1200`),
-        a folder name (`checkpoint-1200`) or `last`. The run need not be finished: a checkpoint of a run
-        still training, or stopped, can be scored."""
-        saved = sorted((d for d in self.checkpoints_dir.glob("checkpoint-*") if d.is_dir()
-                        and d.name.removeprefix("checkpoint-").isdigit()),
-                       key=lambda d: int(d.name.removeprefix("checkpoint-")))
-        have = ", ".join(d.name.removeprefix("checkpoint-") for d in saved) or "none"
+        a folder name (`checkpoint-1200`) or `last` (the newest complete one). The run need not be finished:
+        a checkpoint of a run still training, or stopped, can be scored."""
+        saved = checkpoint_folders(self.checkpoints_dir)
         spec = str(spec).strip()
         if spec == "last":
-            if not saved:
-                raise ConfigError(f"run {self.path} has no checkpoints (saved steps: none)")
-            folder = saved[-1]
+            complete = [d for d in saved if is_complete_checkpoint(d)]
+            if not complete:
+                raise ConfigError(f"run {self.path} has no complete checkpoint in {self.checkpoints_dir}")
+            folder = complete[-1]
         else:
             step = spec.removeprefix("checkpoint-")
             if not step.isdigit():
                 raise ConfigError(f"--checkpoint {spec!r}: give a step (e.g. 1200), checkpoint-STEP or 'last'")
             folder = self.checkpoints_dir / f"checkpoint-{int(step)}"
             if folder not in saved:
-                raise ConfigError(f"run {self.path} has no checkpoint at step {int(step)} (saved steps: {have}; "
-                                  "train.save_total_limit decides how many are kept)")
+                have = ", ".join(d.name.removeprefix("checkpoint-") for d in saved) or "none"
+                raise ConfigError(f"run {self.path} has no checkpoint at step {int(step)} (saved steps: "
+                                  f"{have}; train.save_total_limit decides how many are kept)")
+            if not is_complete_checkpoint(folder):
+                raise ConfigError(f"{folder} is incomplete: training is writing it, or stopped while writing it")
         if (self.path / PISSA_START).is_dir():
             raise ConfigError(f"{folder} is a PiSSA checkpoint: it fits the base as PiSSA changed it, not the "
                               f"original base. Score the run's finished adapter instead ({self.adapter_dir})")
@@ -323,6 +324,25 @@ class Run:
                         except ValueError:
                             raise ConfigError(f"{out / 'predictions.jsonl'}, line {n}: not valid JSON") from None
         return metrics, rows
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """The Trainer's checkpoint-N folders in `folder`, the oldest step first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), d) for d in folder.iterdir()
+             if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name))]
+    return [d for _, d in sorted(found)]
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint without a readable one is being written, or was
+    cut short by a kill."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def eval_name(source: str, default_test: str = "") -> str:

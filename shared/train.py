@@ -149,22 +149,13 @@ def check_space(run_dir: Path, need: int) -> None:
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) is there and parses.
-    A checkpoint half-written when the process was killed is set aside, never resumed from."""
-    import json
-    import re
-
-    if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), d) for d in folder.iterdir()
-                   if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name)))
-    for _, d in reversed(found):
-        try:
-            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    """The newest complete checkpoint-N (`runs.is_complete_checkpoint`). A checkpoint half-written when the
+    process was killed is set aside, never resumed from."""
+    for d in reversed(runs.checkpoint_folders(folder)):
+        if runs.is_complete_checkpoint(d):
             return str(d)
-        except (OSError, ValueError):
-            log(f"{d.name} is incomplete (the run stopped while writing it): removing it")
-            shutil.rmtree(d, ignore_errors=True)
+        log(f"{d.name} is incomplete (the run stopped while writing it): removing it")
+        shutil.rmtree(d, ignore_errors=True)
     return None
 
 

@@ -92,6 +92,7 @@ def test_a_checkpoints_read_out_is_kept_with_the_checkpoint(run, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.safetensors").write_bytes(b"weights at step 10")
+    (folder / "trainer_state.json").write_text("{}")  # the Trainer writes it last
     at_ten = run.at_checkpoint(10)
     assert readout.load(at_ten) is None  # the final weights' read-out does not fit these
     fitted = readout.prepare(at_ten, None, None, None, rows[:24], rows[24:])

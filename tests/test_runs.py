@@ -130,6 +130,12 @@ def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(
     assert "give a step" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "best"]))
     (stopped / runs.PISSA_START).mkdir()
     assert "PiSSA checkpoint" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "2"]))
+    # a checkpoint training is still writing (trainer_state.json comes last) is not read
+    (stopped / runs.PISSA_START).rmdir()
+    (stopped / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()
+    assert "is incomplete" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "2"]))
+    assert "no complete checkpoint" in cli_error(
+        capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "last"]))
 
 
 # ---------------------------------------------------------------- what training may do with a folder
