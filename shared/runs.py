@@ -11,6 +11,7 @@ or foreign run.json into one line naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -28,6 +29,7 @@ DEFAULT_ROOT = "runs"
 MARKER = "domain-finetune run"
 SCHEMA = 1
 STATUSES = ("running", "completed", "interrupted", "failed")
+RECORD_LOCK = ".run.json.lock"  # held while run.json is read and rewritten (`Run.save`, `Run.write_eval`)
 PISSA_START = "pissa-start"  # a PiSSA run's adapter as initialised, to convert the saved one (shared/train.py)
 
 
@@ -211,7 +213,32 @@ class Run:
                                    started=time.strftime("%Y-%m-%d %H:%M:%S"), **fields))
 
     def save(self) -> None:
-        write_json(self.path / "run.json", dataclasses.asdict(self.record))
+        """Write run.json. Training rewrites it at every log line while `evaluate --checkpoint` may index an
+        evaluation in it: entries indexed by another process are kept while their eval/ folder exists."""
+        with self._record_lock():
+            on_disk = self._read_back()
+            for name, entry in (on_disk.evaluations if on_disk else {}).items():
+                if name not in self.record.evaluations and self.eval_dir(name).is_dir():
+                    self.record.evaluations[name] = entry
+            write_json(self.path / "run.json", dataclasses.asdict(self.record))
+
+    @contextlib.contextmanager
+    def _record_lock(self):
+        """One writer of run.json at a time, across processes (flock on a small file beside it)."""
+        fd = os.open(self.path / RECORD_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read_back(self) -> RunRecord | None:
+        """The record as on disk now, or None when there is none or it does not read."""
+        try:
+            return RunRecord.from_json(read_json(self.path / "run.json"), self.path / "run.json")
+        except ConfigError:
+            return None
 
     # -- what the folder holds
     @property
@@ -304,10 +331,13 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "predictions.jsonl", predictions)
         write_json(out / "metrics.json", metrics)
-        self.record.evaluations[name] = {"data": str(source), "folder": f"eval/{name}",
-                                         "weights": str(self.weights_dir.relative_to(self.path)),
-                                         "written": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary or {}}
-        self.save()
+        entry = {"data": str(source), "folder": f"eval/{name}", "weights": str(self.weights_dir.relative_to(self.path)),
+                 "written": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary or {}}
+        with self._record_lock():
+            # the record as on disk now: a training that went on (or finished) meanwhile keeps its status and curve
+            self.record = self._read_back() or self.record
+            self.record.evaluations[name] = entry
+            write_json(self.path / "run.json", dataclasses.asdict(self.record))
         return out
 
     def read_eval(self, name: str) -> tuple[dict | None, list[dict]]:

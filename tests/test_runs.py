@@ -138,6 +138,34 @@ def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(
         capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "last"]))
 
 
+def test_training_and_an_evaluation_writing_run_json_at_once_lose_nothing(stepped, tmp_path):
+    """A checkpoint scored while the run trains: the training's next log line keeps the evaluation's index
+    entry, and an evaluation that ends after the training finished does not turn the run back to running."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(stepped, copy)
+    training = runs.Run.load(copy)
+    training.record.status = "running"
+    training.save()
+    evaluating = runs.Run.load(copy).at_checkpoint(2)  # loaded while the run trains
+    evaluating.write_eval("test-checkpoint-2", "pairs.jsonl", {"finetuned": {}}, [])
+    training.record.loss_curve = training.record.loss_curve + [{"step": 5, "loss": 0.5}]
+    training.save()  # a log line of the training, from its own copy of the record
+    assert "test-checkpoint-2" in runs.Run.load(copy).record.evaluations
+    training.record.status = "completed"
+    training.save()
+    evaluating.write_eval("other-checkpoint-2", "other.jsonl", {"finetuned": {}}, [])  # its record says running
+    record = runs.Run.load(copy).record
+    assert record.status == "completed" and record.loss_curve[-1] == {"step": 5, "loss": 0.5}
+    assert {"test-checkpoint-2", "other-checkpoint-2"} <= record.evaluations.keys()
+    # an entry whose folder is gone (a resumed run moves eval/ aside) is not brought back
+    shutil.rmtree(copy / "eval" / "other-checkpoint-2")
+    training.record.evaluations.pop("other-checkpoint-2", None)
+    training.save()
+    assert "other-checkpoint-2" not in runs.Run.load(copy).record.evaluations
+
+
 # ---------------------------------------------------------------- what training may do with a folder
 
 def test_a_folder_of_the_users_files_is_never_touched(tiny_model_dir, data, tmp_path, capsys):
