@@ -79,8 +79,8 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
     assert (product / "LATEST").read_text().strip() == run.name
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed" and record["train"]["global_step"] == 4
-    assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "config.yaml", "data_report.json",
-                                                     "loss.png", "output_vocab.json", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".run.json.lock", "adapter", "checkpoints", "config.yaml",
+                                                     "data_report.json", "loss.png", "output_vocab.json", "run.json"]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     checkpoint = run / "checkpoints" / "checkpoint-4"
     assert {p.name for p in checkpoint.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}  # 2 processes
