@@ -53,11 +53,16 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     return p
 
 
+CHECKPOINT_HELP = ("use a checkpoint of the run instead of its final weights: a step (e.g. 1200) or 'last'; the "
+                   "run may still be training (evaluate writes to eval/<name>-checkpoint-STEP/)")
+
+
 def run_parser(task: Task, prog: str, doc: str) -> argparse.ArgumentParser:
     """The options every command that uses a trained run shares: which run, and where runs live."""
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
     p.add_argument("--runs-root", help=f"where runs live, for --run latest (default: ${runs.RUNS_ENV}, else ./runs)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     return p
 
 
@@ -69,9 +74,6 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
-    p.add_argument("--checkpoint", help="score a checkpoint of the run instead of its final weights: a step "
-                                        "(e.g. 1200) or 'last'; the run may still be training. Results go to "
-                                        "eval/<name>-checkpoint-STEP/")
     p.add_argument("--full-vocab", action="store_true",
                    help="decode over the whole vocabulary even when the run was trained with train.output_vocab = "
                         "answers (as its merged or GGUF export decodes)")
@@ -83,8 +85,9 @@ def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
 
 
 def find_run(task: Task, args: argparse.Namespace) -> runs.Run:
-    """The finished run of this product that --run / --runs-root name."""
-    return runs.find_run(args.run, task.name, args.runs_root, train_command=task.command("train"))
+    """The finished run of this product that --run / --runs-root name, or its --checkpoint."""
+    return runs.find_run(args.run, task.name, args.runs_root, train_command=task.command("train"),
+                         checkpoint=args.checkpoint)
 
 
 def check_counts(args: argparse.Namespace) -> None:

@@ -41,10 +41,7 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
          runs_root: str | None = None, checkpoint: str | None = None) -> EvalPlan:
     """checkpoint: score that checkpoint's weights (`runs.Run.at_checkpoint`); its results go to
     eval/<name>-checkpoint-N/, beside the final weights' eval/<name>/."""
-    loaded = runs.find_run(run, task.name, runs_root, finished=checkpoint is None,
-                           train_command=task.command("train"))
-    if checkpoint is not None:
-        loaded = loaded.at_checkpoint(checkpoint)
+    loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
     source = data or cfg.data.test
     if not source:

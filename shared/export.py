@@ -3,6 +3,7 @@
     python -m shared.export --run runs/translator/mine --merged exports/translator-merged
     python -m shared.export --run DIR --merged OUT --gguf OUT.gguf          # + OUT.Modelfile for Ollama
     python -m shared.export --run DIR --merged OUT --push-to-hub user/name  # needs a hub token
+    python -m shared.export --run DIR --checkpoint 1200 --merged OUT        # a checkpoint, not the final weights
 
 The base is loaded as the run's config says, except: never quantized (a run trained on a 4-bit base gets
 its base reloaded unquantized from the same source, because merging into 4-bit weights would round the
@@ -35,7 +36,7 @@ from .config import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import Parser
+    from .cli import CHECKPOINT_HELP, Parser
 
     p = Parser(prog="python -m shared.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--product", help="with --run latest: the product whose latest run to export (the name of its "
                                      "folder under the runs root, e.g. translator)")
     p.add_argument("--runs-root", help="where runs live, for --run latest (default: $FT_RUNS_DIR, else ./runs)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--merged", required=True, help="output folder for the merged model (safetensors + tokenizer)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="weights of the merged model (default: the run's weight dtype, never 4-/8-bit)")
@@ -75,9 +77,10 @@ def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     if args.run in ("", "latest"):
         if not args.product:
             raise ConfigError("--run latest needs --product (the product whose latest run to export)")
-        run = runs.find_run("latest", args.product, args.runs_root)
+        run = runs.find_run("latest", args.product, args.runs_root, checkpoint=args.checkpoint)
     else:
-        run = runs.Run.load(args.run).require()
+        run = runs.Run.load(args.run).require(finished=args.checkpoint is None)
+        run = run if args.checkpoint is None else run.at_checkpoint(args.checkpoint)
     check_merged_target(Path(args.merged), run, args.overwrite, runs.runs_root(args.runs_root))
     converter = None
     if args.gguf:
@@ -134,7 +137,8 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
     merged.generation_config.eos_token_id = stop_ids(tokenizer, fmt)  # plain generate() stops like ours
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    info = {"run": str(run.path.resolve()), "base": cfg.model.name, "trained_quantization": trained.quantization,
+    info = {"run": str(run.path.resolve()), "weights": str(run.weights_dir.relative_to(run.path)),
+            "base": cfg.model.name, "trained_quantization": trained.quantization,
             "merged_dtype": str(next(iter(weights))).replace("torch.", ""), "chat_format": fmt.family,
             "end_of_turn": fmt.end_of_turn, "method": run.record.config.get("train", {}).get("method", "lora"),
             "lora": None if run.is_full else run.record.config.get("lora"),

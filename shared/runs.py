@@ -430,8 +430,9 @@ def latest_run(root: str | Path, product: str) -> Path | None:
 
 
 def find_run(spec: str, product: str, root: str | Path | None = None, finished: bool = True,
-             train_command: str = "") -> Run:
-    """Resolve --run DIR, or 'latest', to a loaded run of this product (with a finished adapter)."""
+             train_command: str = "", checkpoint: str | None = None) -> Run:
+    """Resolve --run DIR, or 'latest', to a loaded run of this product (with a finished adapter), or to one of
+    its checkpoints (`Run.at_checkpoint`; the run need not be finished then)."""
     root = runs_root(root)
     if spec in ("", "latest"):
         path = latest_run(root, product)
@@ -441,7 +442,8 @@ def find_run(spec: str, product: str, root: str | Path | None = None, finished: 
                               f"set --runs-root or {RUNS_ENV} if it is elsewhere).{hint}")
     else:
         path = Path(spec)
-    return Run.load(path).require(product, finished=finished)
+    run = Run.load(path).require(product, finished=finished and checkpoint is None)
+    return run if checkpoint is None else run.at_checkpoint(checkpoint)
 
 
 def finished_runs(root: Path, product: str) -> list[Path]:

@@ -111,6 +111,26 @@ def test_a_checkpoint_is_scored_beside_the_final_weights(stepped, capsys):
     assert not torch.equal(saved[name], load_file(stepped / "adapter" / "adapter_model.safetensors")[name])
 
 
+def test_translate_and_export_take_a_checkpoint_too(stepped, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from apps.translator import translate
+    from shared import export
+
+    said = {}
+    for checkpoint in (None, "4", "2"):
+        translate.main(["--run", str(stepped), "--beams", "1", "Where is the station?"]
+                       + (["--checkpoint", checkpoint] if checkpoint else []))
+        said[checkpoint] = capsys.readouterr().out
+    assert said["4"] == said[None]  # the last checkpoint holds the final weights
+    export.main(["--run", str(stepped), "--checkpoint", "2", "--merged", str(tmp_path / "at-2")])
+    export.main(["--run", str(stepped), "--merged", str(tmp_path / "final")])
+    assert json.loads((tmp_path / "at-2" / "export.json").read_text())["weights"] == "checkpoints/checkpoint-2"
+    assert json.loads((tmp_path / "final" / "export.json").read_text())["weights"] == "adapter"
+    at_two, final = (load_file(tmp_path / d / "model.safetensors") for d in ("at-2", "final"))
+    assert any(not torch.equal(at_two[k], final[k]) for k in final)
+
+
 def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(stepped, tmp_path, capsys):
     import shutil
 
