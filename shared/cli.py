@@ -62,7 +62,7 @@ def run_parser(task: Task, prog: str, doc: str) -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
     p.add_argument("--runs-root", help=f"where runs live, for --run latest (default: ${runs.RUNS_ENV}, else ./runs)")
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", help=CHECKPOINT_HELP)
     return p
 
 

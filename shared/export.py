@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--product", help="with --run latest: the product whose latest run to export (the name of its "
                                      "folder under the runs root, e.g. translator)")
     p.add_argument("--runs-root", help="where runs live, for --run latest (default: $FT_RUNS_DIR, else ./runs)")
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", help=CHECKPOINT_HELP)
     p.add_argument("--merged", required=True, help="output folder for the merged model (safetensors + tokenizer)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="weights of the merged model (default: the run's weight dtype, never 4-/8-bit)")
