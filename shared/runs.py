@@ -3,7 +3,9 @@
 A run folder holds run.json (the `RunRecord`: status, resolved config, versions, timings, loss curve,
 evaluations), config.yaml, data_report.json, loss.png, adapter/ (PEFT format) or model/ (train.method full),
 checkpoints/ (Hugging Face checkpoint-N folders) and eval/<name>/ per evaluated test file. run.json's "status"
-is "running" until the adapter (or model) is fully written; only then does it become "completed".
+is "running" until the adapter (or model) is fully written; only then does it become "completed". A command
+can use a checkpoint's weights instead of the final ones (`Run.at_checkpoint`), also while the run trains: the
+two processes then both rewrite run.json, each under .run.json.lock, keeping the other's part.
 
 The project owns a folder only when its run.json carries the marker below: nothing else is ever deleted,
 overwritten or moved aside. Every reader goes through `Run.load`, which turns a truncated, empty, non-UTF-8
