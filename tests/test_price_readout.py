@@ -99,3 +99,27 @@ def test_a_checkpoints_read_out_is_kept_with_the_checkpoint(run, monkeypatch):
     assert json.loads((folder / readout.FILE).read_text())["weights_digest"] == fitted.weights_digest
     assert (run.path / readout.FILE).read_bytes() == final
     assert readout.load(at_ten) == fitted and readout.load(run).weights_digest != fitted.weights_digest
+
+
+def test_a_read_out_that_cannot_be_kept_still_serves_the_command(run, monkeypatch):
+    """The checkpoint being scored is rotated away by the training while the read-out is fitted: the fit is
+    used, nothing is lost, and no half file is left."""
+    import shutil
+
+    folder = run.checkpoints_dir / "checkpoint-10"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights at step 10")
+    (folder / "trainer_state.json").write_text("{}")
+    at_ten = run.at_checkpoint(10)
+
+    def states(model, tokenizer, fmt, rows, progress=None):
+        shutil.rmtree(folder, ignore_errors=True)  # the training's rotation, mid-fit
+        return torch.tensor([[np.log1p(r["price"]), 1.0] for r in rows], dtype=torch.float32)
+
+    monkeypatch.setattr(readout, "states", states)
+    rows = TASK.read(str(run.path.parent / "train.jsonl"), DataReport())
+    fitted = readout.prepare(at_ten, None, None, None, rows[:24], rows[24:])
+    assert fitted.predict([[np.log1p(20.0), 1.0]])[0] == pytest.approx(20.0, rel=0.05)
+    assert fitted.weights_digest != readout.weights_digest(at_ten)  # the digest of the weights as they were read
+    assert not folder.exists() and not (run.path / readout.FILE).exists()

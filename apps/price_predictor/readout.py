@@ -142,17 +142,21 @@ def fit_and_save(run: runs.Run, model, tokenizer, fmt, train_rows: list[Row], va
                  valid_x=None) -> Readout:
     """Fit the read-out on the run's weights and write it to <run>/readout.json. valid_x: the validation rows'
     features when the caller already has them."""
+    digest = weights_digest(run)  # of the weights loaded now: a checkpoint may be rotated away while this runs
     log(f"fitting the hidden-state read-out on {len(train_rows)} training rows (one forward pass each)")
     train_x = states(model, tokenizer, fmt, train_rows, "read-out: training rows")
     if valid_x is None and valid_rows:
         valid_x = states(model, tokenizer, fmt, valid_rows, "read-out: validation rows")
     fitted = fit(train_x.numpy(), [r["price"] for r in train_rows],
-                 None if valid_x is None else valid_x.numpy(), [r["price"] for r in valid_rows],
-                 weights_digest(run))
+                 None if valid_x is None else valid_x.numpy(), [r["price"] for r in valid_rows], digest)
     if runs.is_main_process():
         tmp = run.weights_home / (FILE + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(fitted)), encoding="utf-8")
-        tmp.replace(run.weights_home / FILE)  # never a half-written file
+        try:
+            tmp.write_text(json.dumps(dataclasses.asdict(fitted)), encoding="utf-8")
+            tmp.replace(run.weights_home / FILE)  # never a half-written file
+        except OSError as e:  # a full disk, or a checkpoint the training rotated away: the command goes on
+            log(f"could not keep the read-out in {run.weights_home} ({e.strerror or e}); it serves this command "
+                "only and will be fitted again next time")
     if fitted.valid_mae:
         log(f"read-out: alpha {fitted.alpha:g}, validation MAE ${fitted.valid_mae[str(fitted.alpha)]:.2f} "
             f"over {len(valid_rows)} rows")
