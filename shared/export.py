@@ -74,13 +74,11 @@ def hub_token() -> str | None:
 
 def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     """(run, GGUF converter command, hub token): everything that can be refused is refused here."""
-    if args.run in ("", "latest"):
-        if not args.product:
-            raise ConfigError("--run latest needs --product (the product whose latest run to export)")
-        run = runs.find_run("latest", args.product, args.runs_root, checkpoint=args.checkpoint)
-    else:
-        run = runs.Run.load(args.run).require(finished=args.checkpoint is None)
-        run = run if args.checkpoint is None else run.at_checkpoint(args.checkpoint)
+    latest = args.run in ("", "latest")
+    if latest and not args.product:
+        raise ConfigError("--run latest needs --product (the product whose latest run to export)")
+    # --product picks the latest run; a run named by its folder is exported whatever its product
+    run = runs.find_run(args.run, args.product if latest else None, args.runs_root, checkpoint=args.checkpoint)
     check_merged_target(Path(args.merged), run, args.overwrite, runs.runs_root(args.runs_root))
     converter = None
     if args.gguf:
@@ -137,7 +135,7 @@ def merge(run: runs.Run, out: Path, dtype: str = "auto", overwrite: bool = False
     merged.generation_config.eos_token_id = stop_ids(tokenizer, fmt)  # plain generate() stops like ours
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    info = {"run": str(run.path.resolve()), "weights": str(run.weights_dir.relative_to(run.path)),
+    info = {"run": str(run.path.resolve()), "weights": run.weights_name,
             "base": cfg.model.name, "trained_quantization": trained.quantization,
             "merged_dtype": str(next(iter(weights))).replace("torch.", ""), "chat_format": fmt.family,
             "end_of_turn": fmt.end_of_turn, "method": run.record.config.get("train", {}).get("method", "lora"),

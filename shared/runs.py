@@ -261,6 +261,11 @@ class Run:
         return self.path / "model" if self.is_full else self.adapter_dir
 
     @property
+    def weights_name(self) -> str:
+        """weights_dir inside the run folder, as run.json and export.json record it (e.g. checkpoints/checkpoint-2)."""
+        return str(self.weights_dir.relative_to(self.path))
+
+    @property
     def weights_home(self) -> Path:
         """Where files fitted on the weights live (the run folder, or the chosen checkpoint's folder)."""
         return self.checkpoint if self.checkpoint is not None else self.path
@@ -281,10 +286,9 @@ class Run:
         saved = checkpoint_folders(self.checkpoints_dir)
         spec = str(spec).strip()
         if spec == "last":
-            complete = [d for d in saved if is_complete_checkpoint(d)]
-            if not complete:
+            folder = next((d for d in reversed(saved) if is_complete_checkpoint(d)), None)
+            if folder is None:
                 raise ConfigError(f"run {self.path} has no complete checkpoint in {self.checkpoints_dir}")
-            folder = complete[-1]
         else:
             step = spec.removeprefix("checkpoint-")
             if not step.isdigit():
@@ -333,7 +337,7 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "predictions.jsonl", predictions)
         write_json(out / "metrics.json", metrics)
-        entry = {"data": str(source), "folder": f"eval/{name}", "weights": str(self.weights_dir.relative_to(self.path)),
+        entry = {"data": str(source), "folder": f"eval/{name}", "weights": self.weights_name,
                  "written": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary or {}}
         with self._record_lock():
             # the record as on disk now: a training that went on (or finished) meanwhile keeps its status and curve
@@ -431,10 +435,11 @@ def latest_run(root: str | Path, product: str) -> Path | None:
     return None
 
 
-def find_run(spec: str, product: str, root: str | Path | None = None, finished: bool = True,
+def find_run(spec: str, product: str | None, root: str | Path | None = None, finished: bool = True,
              train_command: str = "", checkpoint: str | None = None) -> Run:
-    """Resolve --run DIR, or 'latest', to a loaded run of this product (with a finished adapter), or to one of
-    its checkpoints (`Run.at_checkpoint`; the run need not be finished then)."""
+    """Resolve --run DIR, or 'latest', to a loaded run of this product (any product for a DIR when product is
+    None) with a finished adapter, or to one of its checkpoints (`Run.at_checkpoint`; the run need not be
+    finished then)."""
     root = runs_root(root)
     if spec in ("", "latest"):
         path = latest_run(root, product)
