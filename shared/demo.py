@@ -67,10 +67,12 @@ class LoadedRun:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-def load(run_dir: str | Path) -> LoadedRun:
+def load(run_dir: str | Path, checkpoint: str | None = None) -> LoadedRun:
+    """A run's final weights, or (checkpoint: a folder name or step) one of its checkpoints' weights."""
     from .generate import load_run
 
-    model, tokenizer, fmt, cfg = load_run(runs.Run.load(run_dir))
+    run = runs.Run.load(run_dir)
+    model, tokenizer, fmt, cfg = load_run(run.at_checkpoint(checkpoint) if checkpoint else run)
     return LoadedRun(Path(run_dir), model, tokenizer, fmt, cfg)
 
 
@@ -202,7 +204,10 @@ def start_page(task, title: str, icon: str) -> tuple[runs.Run, LoadedRun]:
 
     global _cached_load
     if _cached_load is None:
-        _cached_load = st.cache_resource(show_spinner="Loading the model (once per process)…")(load)
+        # Two entries: the weights in use and the ones picked before, so flipping between a run's final weights
+        # and a checkpoint does not reload, while browsing many checkpoints keeps at most two copies in memory.
+        _cached_load = st.cache_resource(show_spinner="Loading the model (once per process)…",
+                                         max_entries=2)(load)
     st.set_page_config(page_title=title, page_icon=icon, layout="wide")
     st.title(title)
     problem = exposure_problem()
@@ -211,8 +216,8 @@ def start_page(task, title: str, icon: str) -> tuple[runs.Run, LoadedRun]:
                  f"`{task.command('demo')}` (loopback only, no statistics), or pass --server.address and "
                  "--browser.gatherUsageStats to `streamlit run` to choose yourself.")
         st.stop()
-    run = pick_run(task)
-    return run, _cached_load(str(run.path))
+    run = pick_weights(pick_run(task))
+    return run, _cached_load(str(run.path), run.checkpoint.name if run.checkpoint is not None else None)
 
 
 def pick_run(task) -> runs.Run:
@@ -228,13 +233,53 @@ def pick_run(task) -> runs.Run:
     return runs.Run.load(choices[names.index(name)])
 
 
-def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
-    """Sidebar choice among the run's evaluations (the run's own test file first): (name, metrics, rows)."""
+FINAL = "final"
+
+
+def weight_choices(run: runs.Run) -> list[str]:
+    """What the Weights picker offers: the run's final weights, then its complete checkpoints, newest first
+    (none for a PiSSA run, whose checkpoints fit the base as PiSSA changed it: `runs.Run.at_checkpoint`)."""
+    if (run.path / runs.PISSA_START).is_dir():
+        return [FINAL]
+    saved = [d.name for d in runs.checkpoint_folders(run.checkpoints_dir) if runs.is_complete_checkpoint(d)]
+    return [FINAL, *reversed(saved)]
+
+
+def pick_weights(run: runs.Run) -> runs.Run:
+    """Sidebar choice between the run's final weights and its checkpoints (shown only when it kept some)."""
     import streamlit as st
 
-    names = sorted(run.record.evaluations, key=lambda n: (n != "test", n))
+    choices = weight_choices(run)
+    if len(choices) == 1:
+        return run
+    name = st.sidebar.selectbox("Weights", choices, index=0,
+                                help=f"the run's final {run.weights_dir.name}, or a checkpoint the training kept "
+                                     f"in {run.checkpoints_dir}")
+    return run if name == FINAL else run.at_checkpoint(name)
+
+
+def evaluate_command(run: runs.Run) -> str:
+    """The command that scores the weights in use (a checkpoint's with --checkpoint)."""
+    picked = f" --checkpoint {run.checkpoint.name.removeprefix('checkpoint-')}" if run.checkpoint is not None else ""
+    return f"{run.command('evaluate')} --run {run.path}{picked}"
+
+
+def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
+    """Sidebar choice among the run's evaluations (those of the weights in use first, then the run's own test
+    file first): (name, metrics, rows)."""
+    import streamlit as st
+
+    final = runs.Run(run.path, run.record).weights_name
+
+    def other_weights(name: str) -> bool:  # entries written before weights were recorded are the final weights'
+        return run.record.evaluations[name].get("weights", final) != run.weights_name
+
+    own_test = "test" if run.checkpoint is None else f"test-{run.checkpoint.name}"  # as shared/evaluation.py names it
+    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), n != own_test, n))
     if not names:
         return None, None, []
+    if other_weights(names[0]):
+        st.sidebar.caption(f"No evaluation of `{run.weights_name}` yet: `{evaluate_command(run)}`")
     name = st.sidebar.selectbox("Evaluation", names, index=0,
                                 format_func=lambda n: f"{n} ({run.record.evaluations[n].get('data', '')})",
                                 help="the test file whose scores and predictions are shown")

@@ -65,12 +65,12 @@ def test_finished_runs_skip_unfinished_and_put_latest_first(tmp_path):
 
 
 # ---------------------------------------------------------------- tiny runs for the pages
-def _tiny_run(task, model_dir, data: Path, root: Path, name: str) -> Path:
+def _tiny_run(task, model_dir, data: Path, root: Path, name: str, **settings) -> Path:
     flat = {"model.name": str(model_dir), "model.chat_template": "chatml", "model.dtype": "float32",
             "data.train": str(data), "data.valid": str(data), "data.test": str(data), "train.max_steps": 2,
             "train.batch_size": 4, "train.save_steps": 100, "train.logging_steps": 1, "train.bf16": "false",
             "lora.r": 4, "lora.target_modules": ["q_proj", "v_proj"], "generate.max_new_tokens": 12,
-            "output.runs_root": str(root)}
+            "output.runs_root": str(root), **settings}
     return train(task, resolve(cli=flat), root / task.name / name, "test")
 
 
@@ -377,3 +377,75 @@ def test_demo_in_headless_chromium(page, product, gemma_runs, monkeypatch):
         tab.screenshot(path=str(shots / f"demo-{product}.png"), full_page=True)
         assert (shots / f"demo-{product}.png").stat().st_size > 10_000
         assert "Traceback" not in tab.content()
+
+
+# ---------------------------------------------------------------- a checkpoint's weights on the pages
+@pytest.fixture(scope="module")
+def checkpoint_root(tmp_path_factory, tiny_model_dir):
+    """Runs that kept checkpoints 1 and 2; the translator's checkpoint 1 is evaluated, no price checkpoint is."""
+    from apps.price_predictor import evaluate as price_eval
+    from apps.price_predictor.task import TASK as PRICE
+    from apps.translator import evaluate as translator_eval
+    from apps.translator.task import TASK as TRANSLATOR
+
+    root = tmp_path_factory.mktemp("checkpoint-runs")
+    pairs = write_jsonl(root / "pairs.jsonl", [{"en": e, "ko": k} for e, k in PAIRS])
+    items = write_jsonl(root / "items.jsonl", ITEMS)
+    kept = {"train.save_steps": 1, "train.save_total_limit": 2, "train.lr": 0.01}
+    translator_run = _tiny_run(TRANSLATOR, tiny_model_dir, pairs, root, "ckpt-translator", **kept)
+    translator_eval.evaluate(str(translator_run), limit=3)
+    translator_eval.evaluate(str(translator_run), limit=3, checkpoint="1")
+    price_eval.evaluate(str(_tiny_run(PRICE, tiny_model_dir, items, root, "ckpt-price", **kept)))
+    return root
+
+
+def _selectbox(at, label: str):
+    return next(box for box in at.selectbox if box.label == label)
+
+
+def test_weight_choices_final_then_checkpoints_newest_first(checkpoint_root, tmp_path):
+    run = runs.Run.load(checkpoint_root / "translator" / "ckpt-translator")
+    assert demo.weight_choices(run) == ["final", "checkpoint-2", "checkpoint-1"]
+    (run.checkpoints_dir / "checkpoint-2" / "trainer_state.json").unlink()  # as if the Trainer were still writing it
+    assert demo.weight_choices(runs.Run.load(run.path)) == ["final", "checkpoint-1"]
+    (run.path / runs.PISSA_START).mkdir()
+    assert demo.weight_choices(runs.Run.load(run.path)) == ["final"]  # a PiSSA checkpoint fits another base
+    (run.path / runs.PISSA_START).rmdir()
+
+
+def test_translator_page_uses_the_checkpoint_picked(checkpoint_root, monkeypatch):
+    import torch
+
+    monkeypatch.setenv(runs.RUNS_ENV, str(checkpoint_root))
+    run_dir = checkpoint_root / "translator" / "ckpt-translator"
+    at = _app(TRANSLATOR_PAGE).run()
+    assert not at.exception
+    assert _selectbox(at, "Evaluation").value == "test"
+    _selectbox(at, "Weights").set_value("checkpoint-1").run()
+    assert not at.exception
+    assert _selectbox(at, "Evaluation").value == "test-checkpoint-1"  # the scores of the weights in use
+    assert "weights `checkpoints/checkpoint-1`" in _texts(at)
+    at.text_area(key="english").input("Where is the station?")
+    at.button[0].click().run()
+    assert not at.exception
+    final, early = demo.load(run_dir), demo.load(run_dir, "checkpoint-1")
+    name = next(n for n, _ in early.model.named_parameters() if "lora_B" in n)
+    assert not torch.equal(dict(final.model.named_parameters())[name], dict(early.model.named_parameters())[name])
+    history = at.session_state["history"][0]
+    assert history["fine-tuned"] == _expected(early, "Where is the station?", use_base=False)
+    assert history["base"] == _expected(early, "Where is the station?", use_base=True)
+
+
+def test_price_page_checkpoint_has_no_readout_of_the_final_weights(checkpoint_root, monkeypatch):
+    monkeypatch.setenv(runs.RUNS_ENV, str(checkpoint_root))
+    at = _app(PRICE_PAGE).run()
+    assert not at.exception
+    assert _selectbox(at, "Evaluation").value == "test"
+    _selectbox(at, "Weights").set_value("checkpoint-2").run()
+    assert _selectbox(at, "Evaluation").value == "test"  # the only one there is, said to be of other weights
+    assert "No evaluation of `checkpoints/checkpoint-2` yet" in _texts(at)
+    assert "--checkpoint 2" in _texts(at)
+    at.text_input(key="title").input("Steel Kettle 1.7 L")
+    at.button[0].click().run()
+    assert not at.exception
+    assert [m.label for m in at.metric] == ["base", "fine-tuned"]  # the run's read-out was fitted on other weights

@@ -25,7 +25,7 @@ def page():
     run, loaded = demo.start_page(TASK, "Product price predictor", "🏷️")
     eval_name, metrics, items = demo.pick_eval(run)
     run_dir = run.path
-    st.sidebar.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}`")
+    st.sidebar.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}` · weights `{run.weights_name}`")
 
     with st.form("predict"):
         title = st.text_input("Title", placeholder="Stainless Steel Electric Kettle, 1.7 L, BPA-free", key="title")
@@ -112,7 +112,7 @@ def page():
                 st.caption(f"{int(keep.sum())} of {len(frame)} items")
     else:
         st.info("This run has not been evaluated yet:")
-        st.code(f"{TASK.command('evaluate')} --run {run_dir}", language="bash")
+        st.code(demo.evaluate_command(run), language="bash")
 
 
 if __name__ == "__main__" and not demo.in_streamlit():

@@ -31,7 +31,7 @@ def page():
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, disabled=not sample,
                                help="the same seed for base and fine-tuned, so a sampled comparison is repeatable")
         max_new_tokens = st.slider("Max new tokens", 8, 256, int(loaded.cfg.generate.max_new_tokens), 8)
-        st.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}`")
+        st.caption(f"model `{loaded.cfg.model.name}` · run `{run_dir.name}` · weights `{run.weights_name}`")
 
     gen = demo.decoding(loaded.cfg.generate, sample, temperature, top_p, top_k, max_new_tokens,
                         num_beams=width if beams else 1)
@@ -83,7 +83,7 @@ def page():
                          hide_index=True, width="stretch")
     else:
         st.info("This run has not been evaluated yet:")
-        st.code(f"{TASK.command('evaluate')} --run {run_dir}", language="bash")
+        st.code(demo.evaluate_command(run), language="bash")
 
 
 if __name__ == "__main__" and not demo.in_streamlit():
