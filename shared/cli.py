@@ -57,18 +57,20 @@ CHECKPOINT_HELP = ("use a checkpoint of the run instead of its final weights: a 
                    "run may still be training (evaluate writes to eval/<name>-checkpoint-STEP/)")
 
 
-def run_parser(task: Task, prog: str, doc: str) -> argparse.ArgumentParser:
-    """The options every command that uses a trained run shares: which run, and where runs live."""
+def run_parser(task: Task, prog: str, doc: str, checkpoint_help: str = CHECKPOINT_HELP) -> argparse.ArgumentParser:
+    """The options every command that uses a trained run shares: which run, where runs live, which weights."""
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="latest", help=f"run folder (default: the latest {task.name} run)")
     p.add_argument("--runs-root", help=f"where runs live, for --run latest (default: ${runs.RUNS_ENV}, else ./runs)")
-    p.add_argument("--checkpoint", metavar="STEP", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", help=checkpoint_help)
     return p
 
 
 def eval_parser(task: Task, doc: str) -> argparse.ArgumentParser:
     """The options every product's evaluate command shares."""
-    p = run_parser(task, task.command("evaluate"), doc)
+    p = run_parser(task, task.command("evaluate"), doc,
+                   CHECKPOINT_HELP + "; 'all': every kept checkpoint, oldest first, then the final weights, with "
+                                     "their scores side by side at the end (the base model is scored once)")
     p.add_argument("--data", help="test file (default: the run's data.test)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N rows of the file")
     p.add_argument("--last", type=int, default=0, help="score only the last N rows of the file")

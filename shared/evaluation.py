@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 from . import runs
 from .config import ConfigError, RunConfig
@@ -53,6 +54,65 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     if loaded.checkpoint is not None:
         name = f"{name}-{loaded.checkpoint.name}"
     return EvalPlan(loaded, cfg, source, name, rows)
+
+
+ALL = "all"  # --checkpoint all: every kept checkpoint, then the final weights
+
+
+def weights_to_score(task: Task, run: str, runs_root: str | None, checkpoint: str | None) -> tuple[str, list]:
+    """(run folder, checkpoint specs) that evaluate's --checkpoint asks for: the one given (None: the final
+    weights), or for 'all' every complete kept checkpoint, oldest first, then the final weights if the run
+    finished. The folder is resolved once, so 'latest' cannot change between the evaluations."""
+    if checkpoint != ALL:
+        return run, [checkpoint]
+    loaded = runs.find_run(run, task.name, runs_root, finished=False, train_command=task.command("train"))
+    steps = [d.name.removeprefix("checkpoint-") for d in runs.checkpoint_folders(loaded.checkpoints_dir)
+             if runs.is_complete_checkpoint(d)]
+    if steps and (loaded.path / runs.PISSA_START).is_dir():
+        log(f"{loaded.path} is a PiSSA run: its checkpoints fit the base as PiSSA changed it; scoring the final "
+            "weights only")
+        steps = []
+    specs = [*steps, *([None] if loaded.finished else [])]
+    if not specs:
+        raise ConfigError(f"run {loaded.path} has no complete checkpoint and no final weights to score yet")
+    return str(loaded.path), specs
+
+
+def score_each(task: Task, run: str, runs_root: str | None, checkpoint: str | None, with_base: bool,
+               score) -> list[dict]:
+    """Run score(run, checkpoint, with_base) -> metrics for each set of weights `weights_to_score` names (the
+    base model only with the first: its answers do not depend on the weights), then, for more than one, print
+    their summaries side by side."""
+    path, specs = weights_to_score(task, run, runs_root, checkpoint)
+    results = []
+    for i, spec in enumerate(specs):
+        if len(specs) > 1:
+            log(f"weights {i + 1}/{len(specs)}: {f'checkpoint-{spec}' if spec else 'final'}")
+        results.append(score(path, spec, with_base and i == 0))
+    if len(specs) > 1:
+        print(comparison(runs.Run.load(path), results))
+    return results
+
+
+def comparison(run: runs.Run, results: list[dict]) -> str:
+    """The fine-tuned summaries (as indexed in run.json) of several evaluations of one run, one row each."""
+    rows = []
+    for metrics in results:
+        weights = Path(metrics["weights"])
+        entry = next((e for e in run.record.evaluations.values()
+                      if e.get("data") == metrics["data"] and run.path / e.get("weights", "") == weights), {})
+        cells = {f"{model} {name}": value for model, scores in entry.get("summary", {}).items() if model != "base"
+                 for name, value in scores.items()}
+        rows.append((str(weights.relative_to(run.path)), cells))
+    columns = list(dict.fromkeys(c for _, cells in rows for c in cells))
+    widths = [max(len(c), 8) + 2 for c in columns]
+    first = max(len("weights"), *(len(name) for name, _ in rows))
+    lines = ["weights".ljust(first) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
+    for name, cells in rows:
+        lines.append(name.ljust(first) + "".join(
+            (f"{cells[c]:.1%}" if c.endswith("rate") else f"{cells[c]:.2f}").rjust(w) if c in cells else " " * w
+            for c, w in zip(columns, widths)))
+    return "\n".join(lines)
 
 
 def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None, full_vocab: bool = False,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from apps.translator.task import TASK
-from shared import runs
+from shared import evaluation, runs
 from shared.cli import train_main
 from shared.config import ConfigError
 
@@ -156,6 +156,41 @@ def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(
     assert "is incomplete" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "2"]))
     assert "no complete checkpoint" in cli_error(
         capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "last"]))
+
+
+def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tmp_path, capsys):
+    import shutil
+
+    from apps.translator import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(stepped, run)
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "evaluations": {}}))
+    capsys.readouterr()
+    evaluate.main(["--run", str(run), "--checkpoint", "all", "--limit", "2", "--beams", "1"])
+    table = capsys.readouterr().out.rsplit("wrote ", 1)[1].splitlines()[1:]  # printed after the last evaluation
+    assert [line.split()[0] for line in table] == ["weights", "checkpoints/checkpoint-2", "checkpoints/checkpoint-4",
+                                                   "adapter"]
+    evaluations = runs.Run.load(run).record.evaluations
+    assert {n: e["weights"] for n, e in evaluations.items()} == {
+        "test-checkpoint-2": "checkpoints/checkpoint-2", "test-checkpoint-4": "checkpoints/checkpoint-4",
+        "test": "adapter"}
+    for name, chrf in zip(["test-checkpoint-2", "test-checkpoint-4", "test"], [line.split()[2] for line in table[1:]]):
+        metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
+        assert f"{metrics['finetuned']['chrf']:.2f}" == chrf
+        assert ("base" in metrics) == (name == "test-checkpoint-2")  # the base model's answers scored once
+    # a stopped run: its checkpoints only; a PiSSA run: its final weights only
+    shutil.rmtree(run / "adapter")
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "status": "interrupted"}))
+    path, specs = evaluation.weights_to_score(TASK, str(run), None, "all")
+    assert (path, specs) == (str(run), ["2", "4"])
+    shutil.copytree(stepped, tmp_path / "pissa")
+    (tmp_path / "pissa" / runs.PISSA_START).mkdir()
+    assert evaluation.weights_to_score(TASK, str(tmp_path / "pissa"), None, "all")[1] == [None]
+    for folder in runs.checkpoint_folders(run / "checkpoints"):
+        shutil.rmtree(folder)
+    assert "no complete checkpoint and no final weights" in cli_error(
+        capsys, lambda: evaluate.main(["--run", str(run), "--checkpoint", "all"]))
 
 
 def test_training_and_an_evaluation_writing_run_json_at_once_lose_nothing(stepped, tmp_path):

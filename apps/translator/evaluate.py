@@ -68,8 +68,13 @@ def main(argv=None):
 
     def work():
         check_counts(args)
-        evaluate(args.run, args.data, limit=args.limit, last=args.last, with_base=not args.no_base, full_vocab=args.full_vocab,
-                 runs_root=args.runs_root, checkpoint=args.checkpoint, **decoding_overrides(args))
+
+        def score(run, checkpoint, with_base):
+            return evaluate(run, args.data, limit=args.limit, last=args.last, with_base=with_base,
+                            full_vocab=args.full_vocab,
+                            runs_root=args.runs_root, checkpoint=checkpoint, **decoding_overrides(args))
+
+        evaluation.score_each(TASK, args.run, args.runs_root, args.checkpoint, not args.no_base, score)
 
     run_cli(work)
 
