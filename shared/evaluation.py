@@ -40,8 +40,9 @@ class EvalPlan:
 
 def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
          runs_root: str | None = None, checkpoint: str | None = None) -> EvalPlan:
-    """checkpoint: score that checkpoint's weights (`runs.Run.at_checkpoint`); its results go to
-    eval/<name>-checkpoint-N/, beside the final weights' eval/<name>/."""
+    """The results go to eval/<name>/: 'test' for the run's own test file, else the file's name, then -firstN or
+    -lastN for part of it (--limit, --last). checkpoint: score that checkpoint's weights
+    (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
     loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
     source = data or cfg.data.test
@@ -51,6 +52,8 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     if not rows:
         raise ConfigError(f"{source}: no usable rows to evaluate")
     name = runs.eval_name(source, cfg.data.test)
+    if limit or last:  # the scores of part of a file never replace those of the whole file
+        name += f"-first{limit}" if limit else f"-last{last}"
     if loaded.checkpoint is not None:
         name = f"{name}-{loaded.checkpoint.name}"
     return EvalPlan(loaded, cfg, source, name, rows)

@@ -43,10 +43,10 @@ def test_embedded_model_train_evaluate_translate(embedded_run):
 
     r = run(["apps.translator.evaluate", "--run", str(run_dir), "--limit", "3"], cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "test-first3" / "metrics.json").read_text())
     for side in ("base", "finetuned"):
         assert {"bleu", "chrf", "signature", "n"} <= metrics[side].keys() and metrics[side]["n"] == 3
-    preds = [json.loads(x) for x in (run_dir / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(x) for x in (run_dir / "eval" / "test-first3" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and {"source", "reference", "base", "finetuned"} <= preds[0].keys()
     assert "BLEU signature" in r.stdout
     assert metrics["decoding"]["num_beams"] == 4 and metrics["decoding"]["beam_pick"] == "consensus"

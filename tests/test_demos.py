@@ -420,10 +420,10 @@ def test_translator_page_uses_the_checkpoint_picked(checkpoint_root, monkeypatch
     run_dir = checkpoint_root / "translator" / "ckpt-translator"
     at = _app(TRANSLATOR_PAGE).run()
     assert not at.exception
-    assert _selectbox(at, "Evaluation").value == "test"
+    assert _selectbox(at, "Evaluation").value == "test-first3"
     _selectbox(at, "Weights").set_value("checkpoint-1").run()
     assert not at.exception
-    assert _selectbox(at, "Evaluation").value == "test-checkpoint-1"  # the scores of the weights in use
+    assert _selectbox(at, "Evaluation").value == "test-first3-checkpoint-1"  # the scores of the weights in use
     assert "weights `checkpoints/checkpoint-1`" in _texts(at)
     at.text_area(key="english").input("Where is the station?")
     at.button[0].click().run()

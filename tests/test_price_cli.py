@@ -40,10 +40,10 @@ def test_embedded_model_train_evaluate_predict(embedded_run):
     # checks its wiring with a stand-in model
     r = run(["apps.price_predictor.evaluate", "--run", str(run_dir), "--limit", "6", "--no-ensemble"], cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "test-first6" / "metrics.json").read_text())
     for side in ("base", "finetuned", "readout"):
         assert {"mae", "rmsle", "hit_rate", "n", "unparsed"} <= metrics[side].keys() and metrics[side]["n"] == 6
-    assert (run_dir / "eval" / "test" / "scatter.png").stat().st_size > 1000
+    assert (run_dir / "eval" / "test-first6" / "scatter.png").stat().st_size > 1000
     r = run(["apps.price_predictor.predict", "--run", str(run_dir), "--title", "Steel Kettle, 1.7 L",
              "--description", "A premium kettle."], cwd=ROOT)
     assert r.returncode == 0 and ("$" in r.stdout or "could not read a price" in r.stdout), r.stderr[-2000:]

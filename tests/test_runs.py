@@ -58,7 +58,7 @@ def test_custom_runs_root_then_evaluate_latest(finished, monkeypatch, capsys):
     assert (root / "translator" / runs.LATEST).read_text().strip() == "mine"
     assert runs.Run.load(finished).record.config["output"]["runs_root"] == str(root)
     evaluate.main(["--run", "latest", "--runs-root", str(root), "--limit", "2", "--no-base"])
-    assert f"{finished}/eval/test" in capsys.readouterr().out
+    assert f"{finished}/eval/test-first2" in capsys.readouterr().out
     monkeypatch.setenv(runs.RUNS_ENV, str(root))
     evaluate.main(["--run", "latest", "--limit", "2", "--no-base"])
 
@@ -66,13 +66,16 @@ def test_custom_runs_root_then_evaluate_latest(finished, monkeypatch, capsys):
 def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
     from apps.translator import evaluate
 
-    evaluate.main(["--run", str(finished), "--limit", "3", "--no-base"])
+    evaluate.main(["--run", str(finished), "--no-base"])
     evaluate.main(["--run", str(finished), "--data", str(data.parent / "other.jsonl"), "--no-base"])
+    evaluate.main(["--run", str(finished), "--limit", "3", "--no-base"])  # part of a file: beside, not instead
+    evaluate.main(["--run", str(finished), "--last", "2", "--no-base"])
     run = runs.Run.load(finished)
-    assert {"test", "other"} <= run.record.evaluations.keys()
+    assert {"test", "other", "test-first3", "test-last2"} <= run.record.evaluations.keys()
     test_metrics, test_rows = run.read_eval("test")
     other_metrics, other_rows = run.read_eval("other")
-    assert (len(test_rows), len(other_rows)) == (3, 3)
+    assert (len(test_rows), len(other_rows)) == (len(data.read_text().splitlines()), 3)
+    assert run.read_eval("test-first3")[1] == test_rows[:3] and run.read_eval("test-last2")[1] == test_rows[-2:]
     assert test_metrics["data"] == str(data) and other_metrics["data"].endswith("other.jsonl")
     assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
 
@@ -95,12 +98,12 @@ def test_a_checkpoint_is_scored_beside_the_final_weights(stepped, capsys):
     at_last = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="4")
     at_two = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="checkpoint-2")
     run = runs.Run.load(stepped)
-    assert {"test", "test-checkpoint-4", "test-checkpoint-2"} <= run.record.evaluations.keys()
-    assert run.record.evaluations["test"]["weights"] == "adapter"
-    assert run.record.evaluations["test-checkpoint-2"]["weights"] == "checkpoints/checkpoint-2"
+    assert {"test-first3", "test-first3-checkpoint-4", "test-first3-checkpoint-2"} <= run.record.evaluations.keys()
+    assert run.record.evaluations["test-first3"]["weights"] == "adapter"
+    assert run.record.evaluations["test-first3-checkpoint-2"]["weights"] == "checkpoints/checkpoint-2"
     assert at_two["weights"] == str(stepped / "checkpoints" / "checkpoint-2")
     # the last checkpoint holds the final weights: the same translations
-    assert run.read_eval("test-checkpoint-4")[1] == run.read_eval("test")[1]
+    assert run.read_eval("test-first3-checkpoint-4")[1] == run.read_eval("test-first3")[1]
     assert at_last["finetuned"] == final["finetuned"]
     # the weights loaded are the checkpoint's own, not the final adapter's
     model, *_ = load_run(run.at_checkpoint(2), limit_vocab=False)
@@ -144,7 +147,7 @@ def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(
     (stopped / "run.json").write_text(json.dumps({**record, "status": "interrupted", "evaluations": {}}))
     assert "has no finished adapter" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped)]))
     evaluate.main(["--run", str(stopped), "--checkpoint", "last", "--limit", "2", "--no-base", "--beams", "1"])
-    assert "test-checkpoint-2" in runs.Run.load(stopped).record.evaluations
+    assert "test-first2-checkpoint-2" in runs.Run.load(stopped).record.evaluations
     message = cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "3"]))
     assert "no checkpoint at step 3 (saved steps: 2;" in message
     assert "give a step" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "best"]))
@@ -173,12 +176,13 @@ def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tm
                                                    "adapter"]
     evaluations = runs.Run.load(run).record.evaluations
     assert {n: e["weights"] for n, e in evaluations.items()} == {
-        "test-checkpoint-2": "checkpoints/checkpoint-2", "test-checkpoint-4": "checkpoints/checkpoint-4",
-        "test": "adapter"}
-    for name, chrf in zip(["test-checkpoint-2", "test-checkpoint-4", "test"], [line.split()[2] for line in table[1:]]):
+        "test-first2-checkpoint-2": "checkpoints/checkpoint-2", "test-first2-checkpoint-4": "checkpoints/checkpoint-4",
+        "test-first2": "adapter"}
+    names = ["test-first2-checkpoint-2", "test-first2-checkpoint-4", "test-first2"]
+    for name, chrf in zip(names, [line.split()[2] for line in table[1:]]):
         metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
         assert f"{metrics['finetuned']['chrf']:.2f}" == chrf
-        assert ("base" in metrics) == (name == "test-checkpoint-2")  # the base model's answers scored once
+        assert ("base" in metrics) == (name == names[0])  # the base model's answers scored once
     # a stopped run: its checkpoints only; a PiSSA run: its final weights only
     shutil.rmtree(run / "adapter")
     (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "status": "interrupted"}))

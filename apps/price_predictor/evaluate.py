@@ -4,7 +4,7 @@
     ... --beams 16      the weighted median and mean over the fine-tuned model's 16 likeliest prices (default 8)
     ... --no-readout    skip the hidden-state read-out (readout.py)
     ... --no-ensemble   skip the blend of the estimators
-    ... --checkpoint 400  score the run's checkpoints/checkpoint-400 instead of its final weights
+    ... --checkpoint 400  score the run's checkpoints/checkpoint-400 instead of its final weights ('all': each)
 Rows: the two baselines, the base model, the fine-tuned model decoded greedily, the fine-tuned model's weighted
 median and mean price over its N likeliest (a beam search that reads each prompt once and stops at the price's
 '.': about the cost of greedy decoding; --beams 0 skips it), its hidden-state read-out (fitted by `train`, or

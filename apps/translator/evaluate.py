@@ -2,9 +2,10 @@
 
     python -m apps.translator.evaluate --run runs/translator/<run>   [--data FILE] [--limit N | --last N]
     ... --checkpoint 1200    score the run's checkpoints/checkpoint-1200 instead of its final weights
+    ... --checkpoint all     each kept checkpoint, then the final weights, with their scores side by side
 Writes <run>/eval/<name>/metrics.json and predictions.jsonl, where <name> is "test" for the run's own test
-file and the file's name otherwise (with -checkpoint-N after it for a checkpoint), so scores on several files
-and checkpoints sit side by side.
+file and the file's name otherwise (with -firstN / -lastN after it for part of the file, and -checkpoint-N for a
+checkpoint), so scores on several files, parts and checkpoints sit side by side.
 """
 from __future__ import annotations
 
