@@ -67,8 +67,11 @@ class LoadedRun:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None) -> LoadedRun:
-    """A run's final weights, or (checkpoint: a folder name or step) one of its checkpoints' weights."""
+def load(run_dir: str | Path, checkpoint: str | None = None, version: str = "") -> LoadedRun:
+    """A run's final weights, or (checkpoint: a folder name or step) one of its checkpoints' weights.
+
+    version: not read here; part of the cache key (`start_page`), so that a run trained again in the same
+    folder (--overwrite, --resume) is loaded afresh instead of served from the cache."""
     from .generate import load_run
 
     run = runs.Run.load(run_dir)
@@ -217,7 +220,8 @@ def start_page(task, title: str, icon: str) -> tuple[runs.Run, LoadedRun]:
                  "--browser.gatherUsageStats to `streamlit run` to choose yourself.")
         st.stop()
     run = pick_weights(pick_run(task))
-    return run, _cached_load(str(run.path), run.checkpoint.name if run.checkpoint is not None else None)
+    version = f"{run.record.started}|{run.record.finished}"
+    return run, _cached_load(str(run.path), run.checkpoint.name if run.checkpoint is not None else None, version)
 
 
 def pick_run(task) -> runs.Run:

@@ -449,3 +449,27 @@ def test_price_page_checkpoint_has_no_readout_of_the_final_weights(checkpoint_ro
     at.button[0].click().run()
     assert not at.exception
     assert [m.label for m in at.metric] == ["base", "fine-tuned"]  # the run's read-out was fitted on other weights
+
+
+def test_a_run_trained_again_in_the_same_folder_is_not_served_from_the_cache(in_runs, checkpoint_root, tmp_path,
+                                                                             monkeypatch):
+    import shutil
+
+    text = "Where is the station?"
+    first, second = in_runs / "translator" / "tiny-translator", checkpoint_root / "translator" / "ckpt-translator"
+    old, new = _expected(demo.load(first), text, False), _expected(demo.load(second), text, False)
+    assert old != new
+    root = tmp_path / "runs"
+    shutil.copytree(first, root / "translator" / "mine")
+    monkeypatch.setenv(runs.RUNS_ENV, str(root))
+    at = _app(TRANSLATOR_PAGE).run()
+    at.text_area(key="english").input(text)
+    at.button[0].click().run()
+    assert at.session_state["history"][0]["fine-tuned"] == old
+    shutil.rmtree(root / "translator" / "mine")  # trained again under the same name (as --overwrite leaves it)
+    shutil.copytree(second, root / "translator" / "mine")
+    at = _app(TRANSLATOR_PAGE).run()
+    at.text_area(key="english").input(text)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.session_state["history"][0]["fine-tuned"] == new
