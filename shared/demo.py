@@ -229,24 +229,24 @@ def pick_run(task) -> runs.Run:
     import streamlit as st
 
     root = runs.runs_root()
-    choices = runs.finished_runs(root, task.name)
+    choices = {p.name: runs.Run.load(p) for p in runs.finished_runs(root, task.name, checkpoints=True)}
     if not choices:
         page_no_run(task.name, root, task.command("train"))
-    names = [p.name for p in choices]
-    name = st.sidebar.selectbox("Run", names, index=0, help=f"finished runs under {root / task.name}")
-    return runs.Run.load(choices[names.index(name)])
+    name = st.sidebar.selectbox("Run", list(choices), index=0,
+                                format_func=lambda n: n if choices[n].finished else
+                                f"{n} ({choices[n].record.status}: checkpoints)",
+                                help=f"finished runs under {root / task.name}, and those still training or "
+                                     "stopped that kept a checkpoint")
+    return choices[name]
 
 
 FINAL = "final"
 
 
 def weight_choices(run: runs.Run) -> list[str]:
-    """What the Weights picker offers: the run's final weights, then its complete checkpoints, newest first
-    (none for a PiSSA run, whose checkpoints fit the base as PiSSA changed it: `runs.Run.at_checkpoint`)."""
-    if (run.path / runs.PISSA_START).is_dir():
-        return [FINAL]
-    saved = [d.name for d in runs.checkpoint_folders(run.checkpoints_dir) if runs.is_complete_checkpoint(d)]
-    return [FINAL, *reversed(saved)]
+    """What the Weights picker offers: the run's final weights when it finished, then its usable checkpoints,
+    newest first (`runs.Run.usable_checkpoints`)."""
+    return [*([FINAL] if run.finished else []), *reversed([d.name for d in run.usable_checkpoints])]
 
 
 def pick_weights(run: runs.Run) -> runs.Run:
@@ -254,8 +254,10 @@ def pick_weights(run: runs.Run) -> runs.Run:
     import streamlit as st
 
     choices = weight_choices(run)
-    if len(choices) == 1:
+    if choices == [FINAL]:
         return run
+    if len(choices) == 1:  # a run still training or stopped, with one checkpoint
+        return run.at_checkpoint(choices[0])
     name = st.sidebar.selectbox("Weights", choices, index=0,
                                 help=f"the run's final {run.weights_dir.name}, or a checkpoint the training kept "
                                      f"in {run.checkpoints_dir}")

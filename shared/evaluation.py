@@ -69,12 +69,10 @@ def weights_to_score(task: Task, run: str, runs_root: str | None, checkpoint: st
     if checkpoint != ALL:
         return run, [checkpoint]
     loaded = runs.find_run(run, task.name, runs_root, finished=False, train_command=task.command("train"))
-    steps = [d.name.removeprefix("checkpoint-") for d in runs.checkpoint_folders(loaded.checkpoints_dir)
-             if runs.is_complete_checkpoint(d)]
-    if steps and (loaded.path / runs.PISSA_START).is_dir():
+    steps = [d.name.removeprefix("checkpoint-") for d in loaded.usable_checkpoints]
+    if (loaded.path / runs.PISSA_START).is_dir() and runs.checkpoint_folders(loaded.checkpoints_dir):
         log(f"{loaded.path} is a PiSSA run: its checkpoints fit the base as PiSSA changed it; scoring the final "
             "weights only")
-        steps = []
     specs = [*steps, *([None] if loaded.finished else [])]
     if not specs:
         raise ConfigError(f"run {loaded.path} has no complete checkpoint and no final weights to score yet")

@@ -279,6 +279,18 @@ class Run:
         marker = "config.json" if self.is_full else "adapter_config.json"
         return (self.weights_dir / marker).is_file() and self.record.status == "completed"
 
+    @property
+    def usable_checkpoints(self) -> list[Path]:
+        """The complete checkpoints whose weights can stand in for the final ones, oldest first (none for a PiSSA
+        run: they fit the base as PiSSA changed it)."""
+        if (self.path / PISSA_START).is_dir():
+            return []
+        return [d for d in checkpoint_folders(self.checkpoints_dir) if is_complete_checkpoint(d)]
+
+    @property
+    def has_usable_checkpoint(self) -> bool:
+        return bool(self.usable_checkpoints)
+
     def at_checkpoint(self, spec: str | int) -> "Run":
         """This run with the weights of one of its checkpoints in place of the final ones: a step (`1200`),
         a folder name (`checkpoint-1200`) or `last` (the newest complete one). The run need not be finished:
@@ -453,8 +465,10 @@ def find_run(spec: str, product: str | None, root: str | Path | None = None, fin
     return run if checkpoint is None else run.at_checkpoint(checkpoint)
 
 
-def finished_runs(root: Path, product: str) -> list[Path]:
-    """Finished run folders of a product, the 'latest' one first, then newest first; broken ones skipped."""
+def finished_runs(root: Path, product: str, checkpoints: bool = False) -> list[Path]:
+    """Finished run folders of a product, the 'latest' one first, then newest first; broken ones skipped.
+    checkpoints: also runs still training or stopped that kept a complete checkpoint (whose weights can stand in
+    for the final ones: `Run.at_checkpoint`), except PiSSA runs, whose checkpoints fit another base."""
     base = product_dir(root, product)
     if not base.is_dir():
         return []
@@ -464,7 +478,7 @@ def finished_runs(root: Path, product: str) -> list[Path]:
             run = Run.load(p)
         except ConfigError:
             continue
-        if run.finished and run.record.product == product:
+        if run.record.product == product and (run.finished or checkpoints and run.has_usable_checkpoint):
             done.append(p)
     done.sort(key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
     latest = latest_run(root, product)

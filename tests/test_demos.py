@@ -404,13 +404,14 @@ def _selectbox(at, label: str):
 
 
 def test_weight_choices_final_then_checkpoints_newest_first(checkpoint_root, tmp_path):
-    run = runs.Run.load(checkpoint_root / "translator" / "ckpt-translator")
+    import shutil
+
+    run = runs.Run.load(shutil.copytree(checkpoint_root / "translator" / "ckpt-translator", tmp_path / "run"))
     assert demo.weight_choices(run) == ["final", "checkpoint-2", "checkpoint-1"]
     (run.checkpoints_dir / "checkpoint-2" / "trainer_state.json").unlink()  # as if the Trainer were still writing it
     assert demo.weight_choices(runs.Run.load(run.path)) == ["final", "checkpoint-1"]
     (run.path / runs.PISSA_START).mkdir()
     assert demo.weight_choices(runs.Run.load(run.path)) == ["final"]  # a PiSSA checkpoint fits another base
-    (run.path / runs.PISSA_START).rmdir()
 
 
 def test_translator_page_uses_the_checkpoint_picked(checkpoint_root, monkeypatch):
@@ -473,3 +474,29 @@ def test_a_run_trained_again_in_the_same_folder_is_not_served_from_the_cache(in_
     at.button[0].click().run()
     assert not at.exception
     assert at.session_state["history"][0]["fine-tuned"] == new
+
+
+def test_a_stopped_run_is_offered_with_its_checkpoints(checkpoint_root, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    stopped = tmp_path / "runs" / "translator" / "stopped"
+    shutil.copytree(checkpoint_root / "translator" / "ckpt-translator", stopped)
+    shutil.rmtree(stopped / "adapter")  # as an interrupted training leaves it
+    record = json.loads((stopped / "run.json").read_text())
+    (stopped / "run.json").write_text(json.dumps({**record, "status": "interrupted", "evaluations": {}}))
+    assert runs.finished_runs(tmp_path / "runs", "translator") == []
+    assert runs.finished_runs(tmp_path / "runs", "translator", checkpoints=True) == [stopped]
+    assert demo.weight_choices(runs.Run.load(stopped)) == ["checkpoint-2", "checkpoint-1"]
+    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path / "runs"))
+    at = _app(TRANSLATOR_PAGE).run()
+    assert not at.exception
+    run_box = _selectbox(at, "Run")
+    assert run_box.format_func(run_box.value) == "stopped (interrupted: checkpoints)"
+    assert _selectbox(at, "Weights").value == "checkpoint-2"
+    assert "has not been evaluated yet" in _texts(at) and "--checkpoint 2" in _texts(at)
+    at.text_area(key="english").input("Where is the station?")
+    at.button[0].click().run()
+    assert not at.exception
+    expected = _expected(demo.load(stopped, "checkpoint-2"), "Where is the station?", use_base=False)
+    assert at.session_state["history"][0]["fine-tuned"] == expected
