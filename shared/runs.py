@@ -304,7 +304,8 @@ class Run:
         else:
             step = spec.removeprefix("checkpoint-")
             if not step.isdigit():
-                raise ConfigError(f"--checkpoint {spec!r}: give a step (e.g. 1200), checkpoint-STEP or 'last'")
+                raise ConfigError(f"--checkpoint {spec!r}: give a step (e.g. 1200), checkpoint-STEP or 'last' "
+                                  "(only evaluate takes 'all')")
             folder = self.checkpoints_dir / f"checkpoint-{int(step)}"
             if folder not in saved:
                 have = ", ".join(d.name.removeprefix("checkpoint-") for d in saved) or "none"
