@@ -99,12 +99,10 @@ def comparison(run: runs.Run, results: list[dict]) -> str:
     """The fine-tuned summaries (as indexed in run.json) of several evaluations of one run, one row each."""
     rows = []
     for metrics in results:
-        weights = Path(metrics["weights"])
-        entry = next((e for e in run.record.evaluations.values()
-                      if e.get("data") == metrics["data"] and run.path / e.get("weights", "") == weights), {})
+        entry = run.record.evaluations.get(metrics["eval"], {})
         cells = {f"{model} {name}": value for model, scores in entry.get("summary", {}).items() if model != "base"
                  for name, value in scores.items()}
-        rows.append((str(weights.relative_to(run.path)), cells))
+        rows.append((str(Path(metrics["weights"]).relative_to(run.path)), cells))
     columns = list(dict.fromkeys(c for _, cells in rows for c in cells))
     widths = [max(len(c), 8) + 2 for c in columns]
     first = max(len("weights"), *(len(name) for name, _ in rows))

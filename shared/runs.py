@@ -287,10 +287,6 @@ class Run:
             return []
         return [d for d in checkpoint_folders(self.checkpoints_dir) if is_complete_checkpoint(d)]
 
-    @property
-    def has_usable_checkpoint(self) -> bool:
-        return bool(self.usable_checkpoints)
-
     def at_checkpoint(self, spec: str | int) -> "Run":
         """This run with the weights of one of its checkpoints in place of the final ones: a step (`1200`),
         a folder name (`checkpoint-1200`) or `last` (the newest complete one). The run need not be finished:
@@ -479,7 +475,7 @@ def finished_runs(root: Path, product: str, checkpoints: bool = False) -> list[P
             run = Run.load(p)
         except ConfigError:
             continue
-        if run.record.product == product and (run.finished or checkpoints and run.has_usable_checkpoint):
+        if run.record.product == product and (run.finished or checkpoints and bool(run.usable_checkpoints)):
             done.append(p)
     done.sort(key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
     latest = latest_run(root, product)

@@ -169,13 +169,14 @@ def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tm
     run = tmp_path / "run"
     shutil.copytree(stepped, run)
     (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "evaluations": {}}))
+    evaluate.main(["--run", str(run), "--checkpoint", "4", "--no-base", "--beams", "1"])  # the whole file
     capsys.readouterr()
     evaluate.main(["--run", str(run), "--checkpoint", "all", "--limit", "2", "--beams", "1"])
     table = capsys.readouterr().out.rsplit("wrote ", 1)[1].splitlines()[1:]  # printed after the last evaluation
     assert [line.split()[0] for line in table] == ["weights", "checkpoints/checkpoint-2", "checkpoints/checkpoint-4",
                                                    "adapter"]
     evaluations = runs.Run.load(run).record.evaluations
-    assert {n: e["weights"] for n, e in evaluations.items()} == {
+    assert {n: e["weights"] for n, e in evaluations.items()} == {"test-checkpoint-4": "checkpoints/checkpoint-4",
         "test-first2-checkpoint-2": "checkpoints/checkpoint-2", "test-first2-checkpoint-4": "checkpoints/checkpoint-4",
         "test-first2": "adapter"}
     names = ["test-first2-checkpoint-2", "test-first2-checkpoint-4", "test-first2"]

@@ -98,7 +98,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     medians, found = test_search or (None, None)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
-    metrics = {"run": str(p.run.path), "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
+    metrics = {"run": str(p.run.path), "eval": plan.name, "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
                "timings": {**p.timings, **timings},
                "finetuned": price_metrics(truth, tuned)}
     means = [mean_price(c) for c in found] if found is not None else None
@@ -210,8 +210,8 @@ def main(argv=None):
         def score(run, checkpoint, with_base):
             return evaluate(run, args.data, limit=args.limit, last=args.last, with_base=with_base,
                             full_vocab=args.full_vocab, beams=args.beams, ensemble=not args.no_ensemble,
-                            readout=not args.no_readout,
-                            runs_root=args.runs_root, checkpoint=checkpoint, **decoding_overrides(args))
+                            readout=not args.no_readout, runs_root=args.runs_root, checkpoint=checkpoint,
+                            **decoding_overrides(args))
 
         evaluation.score_each(TASK, args.run, args.runs_root, args.checkpoint, not args.no_base, score)
 

@@ -36,7 +36,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
-    metrics = {"run": str(p.run.path), "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
+    metrics = {"run": str(p.run.path), "eval": plan.name, "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
                "timings": p.timings, "finetuned": score(tuned, refs)}
     if p.base is not None:
         metrics["base"] = score(base, refs)
@@ -72,8 +72,8 @@ def main(argv=None):
 
         def score(run, checkpoint, with_base):
             return evaluate(run, args.data, limit=args.limit, last=args.last, with_base=with_base,
-                            full_vocab=args.full_vocab,
-                            runs_root=args.runs_root, checkpoint=checkpoint, **decoding_overrides(args))
+                            full_vocab=args.full_vocab, runs_root=args.runs_root, checkpoint=checkpoint,
+                            **decoding_overrides(args))
 
         evaluation.score_each(TASK, args.run, args.runs_root, args.checkpoint, not args.no_base, score)
 
