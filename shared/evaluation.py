@@ -41,7 +41,8 @@ class EvalPlan:
 def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
          runs_root: str | None = None, checkpoint: str | None = None) -> EvalPlan:
     """The results go to eval/<name>/: 'test' for the run's own test file, else the file's name, then -firstN or
-    -lastN for part of it (--limit, --last). checkpoint: score that checkpoint's weights
+    -lastN for part of it (--limit, --last); a name another file's evaluation holds gets a tag of this file's
+    path, so an evaluation only ever replaces one of the same file. checkpoint: score that checkpoint's weights
     (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
     loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
@@ -56,6 +57,9 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
         name += f"-first{limit}" if limit else f"-last{last}"
     if loaded.checkpoint is not None:
         name = f"{name}-{loaded.checkpoint.name}"
+    earlier = loaded.record.evaluations.get(name)
+    if earlier and not runs.same_file(earlier.get("data", ""), source):  # another file with the same name
+        name = runs.path_tagged(name, source)
     return EvalPlan(loaded, cfg, source, name, rows)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -391,13 +392,24 @@ def is_complete_checkpoint(folder: Path) -> bool:
 
 
 def eval_name(source: str, default_test: str = "") -> str:
-    """The folder name of an evaluation: 'test' for the run's own test file, else the file's stem (made safe)."""
-    if default_test and Path(source).resolve() == Path(default_test).resolve():
+    """The folder name of an evaluation: 'test' for the run's own test file, else the file's stem (made safe;
+    another file named test.jsonl gets a tag of its path, since 'test' is the run's own)."""
+    if default_test and same_file(source, default_test):
         return "test"
     stem = Path(source).name
     for suffix in (".jsonl", ".json", ".csv", ".tsv", ".txt"):
         stem = stem.removesuffix(suffix)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:60].strip(".-") or "data"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:60].strip(".-") or "data"
+    return path_tagged(stem, source) if stem == "test" else stem
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def path_tagged(name: str, source: str | Path) -> str:
+    """name-<6 hex digits of the file's absolute path>: one name per file, for files that share a stem."""
+    return f"{name}-{hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:6]}"
 
 
 # ---------------------------------------------------------------- where runs are, and which is latest

@@ -76,6 +76,21 @@ def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
     other_metrics, other_rows = run.read_eval("other")
     assert (len(test_rows), len(other_rows)) == (len(data.read_text().splitlines()), 3)
     assert run.read_eval("test-first3")[1] == test_rows[:3] and run.read_eval("test-last2")[1] == test_rows[-2:]
+    # other files of the same name, one named like the run's own test file: each beside, none instead
+    for folder in ("a", "b"):
+        (data.parent / folder).mkdir(exist_ok=True)
+        for stem in ("other", "test"):
+            (data.parent / folder / f"{stem}.jsonl").write_text((data.parent / "other.jsonl").read_text())
+        evaluate.main(["--run", str(finished), "--data", str(data.parent / folder / "other.jsonl"), "--no-base"])
+        evaluate.main(["--run", str(finished), "--data", str(data.parent / folder / "test.jsonl"), "--no-base"])
+    evaluations = runs.Run.load(finished).record.evaluations
+    sources = {name: Path(entry["data"]) for name, entry in evaluations.items()}
+    assert sources["test"] == data and sources["other"] == data.parent / "other.jsonl"
+    assert len(sources) == 8 and sorted(map(str, sources.values())).count(str(data)) == 3  # whole, first 3, last 2
+    assert len(set(sources.values())) == 6  # each of the four new files has its own evaluation
+    again = dict(evaluations)
+    evaluate.main(["--run", str(finished), "--data", str(data.parent / "b" / "other.jsonl"), "--no-base"])
+    assert runs.Run.load(finished).record.evaluations.keys() == again.keys()  # the same file: replaced in place
     assert test_metrics["data"] == str(data) and other_metrics["data"].endswith("other.jsonl")
     assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
 
