@@ -3,6 +3,7 @@ with the adapter switched off, through the base model (one copy of the weights).
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def score_each(task: Task, run: str, runs_root: str | None, checkpoint: str | No
                score) -> list[dict]:
     """Run score(run, checkpoint, with_base) -> metrics for each set of weights `weights_to_score` names (the
     base model only with the first: its answers do not depend on the weights), then, for more than one, print
-    their summaries side by side."""
+    their summaries side by side and plot them (eval/<name>-checkpoints.png)."""
     path, specs = weights_to_score(task, run, runs_root, checkpoint)
     results = []
     for i, spec in enumerate(specs):
@@ -95,18 +96,30 @@ def score_each(task: Task, run: str, runs_root: str | None, checkpoint: str | No
             log(f"weights {i + 1}/{len(specs)}: {f'checkpoint-{spec}' if spec else 'final'}")
         results.append(score(path, spec, with_base and i == 0))
     if len(specs) > 1:
-        print(comparison(runs.Run.load(path), results))
+        loaded = runs.Run.load(path)
+        rows = summaries(loaded, results)
+        print(comparison(rows))
+        name = re.sub(r"-checkpoint-[0-9]+$", "", results[-1]["eval"])
+        plot = loaded.path / "eval" / f"{name}-checkpoints.png"
+        plot_comparison(rows, plot, f"{loaded.path.name}: {name}")
+        print(f"wrote {plot}")
     return results
 
 
-def comparison(run: runs.Run, results: list[dict]) -> str:
-    """The fine-tuned summaries (as indexed in run.json) of several evaluations of one run, one row each."""
+def summaries(run: runs.Run, results: list[dict]) -> list[tuple[str, dict]]:
+    """(weights inside the run folder, {"finetuned chrf": 21.4, ...}) per evaluation: the fine-tuned summaries
+    as indexed in run.json."""
     rows = []
     for metrics in results:
         entry = run.record.evaluations.get(metrics["eval"], {})
         cells = {f"{model} {name}": value for model, scores in entry.get("summary", {}).items() if model != "base"
                  for name, value in scores.items()}
         rows.append((str(Path(metrics["weights"]).relative_to(run.path)), cells))
+    return rows
+
+
+def comparison(rows: list[tuple[str, dict]]) -> str:
+    """`summaries` as a text table, one row per set of weights."""
     columns = list(dict.fromkeys(c for _, cells in rows for c in cells))
     widths = [max(len(c), 8) + 2 for c in columns]
     first = max(len("weights"), *(len(name) for name, _ in rows))
@@ -116,6 +129,34 @@ def comparison(run: runs.Run, results: list[dict]) -> str:
             (f"{cells[c]:.1%}" if c.endswith("rate") else f"{cells[c]:.2f}").rjust(w) if c in cells else " " * w
             for c, w in zip(columns, widths)))
     return "\n".join(lines)
+
+
+def plot_comparison(rows: list[tuple[str, dict]], path: Path, title: str = "") -> None:
+    """`summaries` as lines over the weights in training order; rates on a second axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [re.sub(r"^checkpoints/checkpoint-", "", name) if "checkpoint-" in name else "final" for name, _ in rows]
+    columns = list(dict.fromkeys(c for _, cells in rows for c in cells))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    right = ax.twinx() if any(c.endswith("rate") for c in columns) else None
+    for c in columns:
+        points = [(i, cells[c]) for i, (_, cells) in enumerate(rows) if c in cells]
+        (right if c.endswith("rate") else ax).plot(*zip(*points), "s--" if c.endswith("rate") else "o-", label=c)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlabel("checkpoint step")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if right is not None:
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None, full_vocab: bool = False,

@@ -187,7 +187,10 @@ def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tm
     evaluate.main(["--run", str(run), "--checkpoint", "4", "--no-base", "--beams", "1"])  # the whole file
     capsys.readouterr()
     evaluate.main(["--run", str(run), "--checkpoint", "all", "--limit", "2", "--beams", "1"])
-    table = capsys.readouterr().out.rsplit("wrote ", 1)[1].splitlines()[1:]  # printed after the last evaluation
+    out = capsys.readouterr().out
+    table = out.rsplit("wrote ", 2)[1].splitlines()[1:]  # printed after the last evaluation, before the plot
+    assert out.rstrip().endswith(f"wrote {run / 'eval' / 'test-first2-checkpoints.png'}")
+    assert (run / "eval" / "test-first2-checkpoints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [line.split()[0] for line in table] == ["weights", "checkpoints/checkpoint-2", "checkpoints/checkpoint-4",
                                                    "adapter"]
     evaluations = runs.Run.load(run).record.evaluations
@@ -199,6 +202,11 @@ def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tm
         metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
         assert f"{metrics['finetuned']['chrf']:.2f}" == chrf
         assert ("base" in metrics) == (name == names[0])  # the base model's answers scored once
+    prices = [("checkpoints/checkpoint-2", {"finetuned mae": 40.0, "finetuned hit_rate": 0.5}),
+              ("adapter", {"finetuned mae": 38.25, "finetuned hit_rate": 0.55})]  # the price product's summaries
+    assert evaluation.comparison(prices).splitlines()[2].split() == ["adapter", "38.25", "55.0%"]
+    evaluation.plot_comparison(prices, tmp_path / "prices.png")  # rates on a second axis
+    assert (tmp_path / "prices.png").stat().st_size > 1000
     # a stopped run: its checkpoints only; a PiSSA run: its final weights only
     shutil.rmtree(run / "adapter")
     (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "status": "interrupted"}))
