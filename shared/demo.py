@@ -229,7 +229,7 @@ def pick_run(task) -> runs.Run:
     import streamlit as st
 
     root = runs.runs_root()
-    choices = {p.name: runs.Run.load(p) for p in runs.finished_runs(root, task.name, checkpoints=True)}
+    choices = {run.path.name: run for run in runs.usable_runs(root, task.name, checkpoints=True)}
     if not choices:
         page_no_run(task.name, root, task.command("train"))
     name = st.sidebar.selectbox("Run", list(choices), index=0,
@@ -280,8 +280,7 @@ def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
     def other_weights(name: str) -> bool:  # entries written before weights were recorded are the final weights'
         return run.record.evaluations[name].get("weights", final) != run.weights_name
 
-    own_test = "test" if run.checkpoint is None else f"test-{run.checkpoint.name}"  # as shared/evaluation.py names it
-    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), n != own_test, n))
+    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), n != run.eval_name("test"), n))
     if not names:
         return None, None, []
     if other_weights(names[0]):

@@ -56,8 +56,7 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     name = runs.eval_name(source, cfg.data.test)
     if limit or last:  # the scores of part of a file never replace those of the whole file
         name += f"-first{limit}" if limit else f"-last{last}"
-    if loaded.checkpoint is not None:
-        name = f"{name}-{loaded.checkpoint.name}"
+    name = loaded.eval_name(name)
     earlier = loaded.record.evaluations.get(name)
     if earlier and not runs.same_file(earlier.get("data", ""), source):  # another file with the same name
         name = runs.path_tagged(name, source)
@@ -75,7 +74,7 @@ def weights_to_score(task: Task, run: str, runs_root: str | None, checkpoint: st
         return run, [checkpoint]
     loaded = runs.find_run(run, task.name, runs_root, finished=False, train_command=task.command("train"))
     steps = [d.name.removeprefix("checkpoint-") for d in loaded.usable_checkpoints]
-    if (loaded.path / runs.PISSA_START).is_dir() and runs.checkpoint_folders(loaded.checkpoints_dir):
+    if loaded.is_pissa and runs.checkpoint_folders(loaded.checkpoints_dir):
         log(f"{loaded.path} is a PiSSA run: its checkpoints fit the base as PiSSA changed it; scoring the final "
             "weights only")
     specs = [*steps, *([None] if loaded.finished else [])]
@@ -157,6 +156,13 @@ def plot_comparison(rows: list[tuple[str, dict]], path: Path, title: str = "") -
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def metrics_head(plan: EvalPlan, p: Predictions) -> dict:
+    """What every product's metrics.json opens with: the run, the evaluation's folder name, the weights scored,
+    the test file and the decoding."""
+    return {"run": str(p.run.path), "eval": plan.name, "weights": str(p.run.weights_dir), "data": p.source,
+            "decoding": p.decoding}
 
 
 def predict_both(task: Task, p: EvalPlan, with_base: bool = True, extra=None, full_vocab: bool = False,

@@ -281,10 +281,15 @@ class Run:
         return (self.weights_dir / marker).is_file() and self.record.status == "completed"
 
     @property
+    def is_pissa(self) -> bool:
+        """A PiSSA run: its checkpoints fit the base as PiSSA changed it, only its final adapter the original."""
+        return (self.path / PISSA_START).is_dir()
+
+    @property
     def usable_checkpoints(self) -> list[Path]:
         """The complete checkpoints whose weights can stand in for the final ones, oldest first (none for a PiSSA
-        run: they fit the base as PiSSA changed it)."""
-        if (self.path / PISSA_START).is_dir():
+        run)."""
+        if self.is_pissa:
             return []
         return [d for d in checkpoint_folders(self.checkpoints_dir) if is_complete_checkpoint(d)]
 
@@ -310,10 +315,15 @@ class Run:
                                   f"{have}; train.save_total_limit decides how many are kept)")
             if not is_complete_checkpoint(folder):
                 raise ConfigError(f"{folder} is incomplete: training is writing it, or stopped while writing it")
-        if (self.path / PISSA_START).is_dir():
+        if self.is_pissa:
             raise ConfigError(f"{folder} is a PiSSA checkpoint: it fits the base as PiSSA changed it, not the "
                               f"original base. Score the run's finished adapter instead ({self.adapter_dir})")
         return Run(self.path, self.record, folder)
+
+    def eval_name(self, name: str) -> str:
+        """The evaluation folder name of these weights: `name` for the final ones, name-checkpoint-N for a
+        checkpoint's, so both sit side by side."""
+        return name if self.checkpoint is None else f"{name}-{self.checkpoint.name}"
 
     def config(self) -> RunConfig:
         """The run's resolved config (data paths anchored as when it was trained)."""
@@ -475,9 +485,13 @@ def find_run(spec: str, product: str | None, root: str | Path | None = None, fin
 
 
 def finished_runs(root: Path, product: str, checkpoints: bool = False) -> list[Path]:
-    """Finished run folders of a product, the 'latest' one first, then newest first; broken ones skipped.
-    checkpoints: also runs still training or stopped that kept a complete checkpoint (whose weights can stand in
-    for the final ones: `Run.at_checkpoint`), except PiSSA runs, whose checkpoints fit another base."""
+    """The folders of `usable_runs`."""
+    return [run.path for run in usable_runs(root, product, checkpoints)]
+
+
+def usable_runs(root: Path, product: str, checkpoints: bool = False) -> list[Run]:
+    """Finished runs of a product, the 'latest' one first, then newest first; broken ones skipped.
+    checkpoints: also runs still training or stopped that kept a usable checkpoint (`Run.usable_checkpoints`)."""
     base = product_dir(root, product)
     if not base.is_dir():
         return []
@@ -488,13 +502,10 @@ def finished_runs(root: Path, product: str, checkpoints: bool = False) -> list[P
         except ConfigError:
             continue
         if run.record.product == product and (run.finished or checkpoints and bool(run.usable_checkpoints)):
-            done.append(p)
-    done.sort(key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
+            done.append(run)
+    done.sort(key=lambda run: (run.path / "run.json").stat().st_mtime, reverse=True)
     latest = latest_run(root, product)
-    if latest is not None and latest in done:
-        done.remove(latest)
-        done.insert(0, latest)
-    return done
+    return sorted(done, key=lambda run: run.path != latest)  # stable: the latest first, the rest as they were
 
 
 # ---------------------------------------------------------------- owning a folder for training

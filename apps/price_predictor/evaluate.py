@@ -98,8 +98,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     medians, found = test_search or (None, None)
     truth = [r["price"] for r in p.rows]
     tuned = [parse_price(x) for x in p.finetuned]
-    metrics = {"run": str(p.run.path), "eval": plan.name, "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
-               "timings": {**p.timings, **timings},
+    metrics = {**evaluation.metrics_head(plan, p), "timings": {**p.timings, **timings},
                "finetuned": price_metrics(truth, tuned)}
     means = [mean_price(c) for c in found] if found is not None else None
     if medians is not None:

@@ -36,8 +36,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
-    metrics = {"run": str(p.run.path), "eval": plan.name, "weights": str(p.run.weights_dir), "data": p.source, "decoding": p.decoding,
-               "timings": p.timings, "finetuned": score(tuned, refs)}
+    metrics = {**evaluation.metrics_head(plan, p), "timings": p.timings, "finetuned": score(tuned, refs)}
     if p.base is not None:
         metrics["base"] = score(base, refs)
     predictions = [{"line": r.line, "source": r["en"], "reference": r["ko"], "base": b, "finetuned": t}
