@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEV_PAIRS = ROOT.parent / "shared" / "data" / "translation" / "dev_pairs.jsonl"
 SHIPPED_PAIRS = ROOT / "data" / "translator" / "train.jsonl"
 # ~5 s per step for ours and ~22 s for stock TRL at batch 16 on this 2-core CPU: 10 steps each plus model
-# loads and start-up is about 5-6 minutes in all (README "Speed").
+# loads and start-up is about 5-6 minutes in all (docs/speed.md).
 DEFAULT_STEPS = 10
 LAST_LOGGED = 3  # final loss = mean of this many last logged step losses
 

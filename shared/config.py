@@ -170,7 +170,7 @@ class GenerateSettings:
     beam_pick: str = _f("score", "Which of the beams' answers to keep: score = the most likely (Hugging Face's "
                                  "pick with length_penalty=0), length = the most likely per token, consensus = "
                                  "the one closest to the others in chrF++ (minimum Bayes risk): with 4 beams, +2.0 "
-                                 "chrF++ over greedy on the translator's test, +1.5 on news (README, decoding "
+                                 "chrF++ over greedy on the translator's test, +1.5 on news (docs/results.md, decoding "
                                  "options).",
                          ("score", "length", "consensus"))
     first_line: bool = _f(False, "End an answer at its first line break after some text (for products that keep "

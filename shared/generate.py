@@ -187,7 +187,7 @@ def _pick(found: list[tuple[float, list[int]]], gen: GenerateSettings, text_of) 
 def consensus(texts: list[str]) -> int:
     """The index of the text with the highest total chrF++ against all the others: the minimum-Bayes-risk
     choice among equally weighted candidates (weighting them by their probabilities scored lower on the
-    translator: README, decoding options). Ties go to the earlier (more likely) text."""
+    translator: docs/results.md, decoding options). Ties go to the earlier (more likely) text."""
     from sacrebleu.metrics import CHRF
 
     chrf = CHRF(word_order=2)

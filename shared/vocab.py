@@ -18,7 +18,7 @@ ASCII punctuation and blanks are most of them).
 Each answer's last token and every 8th token keep the full softmax (shared/loss.py:FULL_EVERY), so the
 tokens outside are still pushed down. The adapter stays a standard PEFT adapter: outside this project (a plain
 PEFT load, a merged or GGUF export) the model decodes over the full vocabulary. On the default translator run
-that changed 14 of 240 test answers and scored chrF++ 19.03 against 18.90 (README, "decoding options");
+that changed 14 of 240 test answers and scored chrF++ 19.03 against 18.90 (docs/results.md, "decoding options");
 without the full-softmax tokens it was 16.90, most answers ending in a stray token.
 """
 from __future__ import annotations
