@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 
 from . import runs
-from .config import ConfigError, anchor_data_paths, apply, describe_keys, load_yaml, parse_overrides, resolve, validate
+from .config import (ConfigError, anchor_data_paths, apply, changed_on_resume, describe_keys, load_yaml,
+                     parse_overrides, resolve, validate)
 from .data import DataError
 from .models import resolve_profile
 from .task import Task
@@ -125,8 +126,18 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
         if not (run_dir / "run.json").exists():
             raise ConfigError(f"--resume: no run to resume in {run_dir} (no run.json); drop --resume to start a "
                               "new run there")
+        given = [flag for flag, value in (("--config", args.config), ("--profile", args.profile)) if value]
+        if given:
+            raise ConfigError(f"--resume continues {run_dir} with its own config.yaml, so {' and '.join(given)} "
+                              "cannot apply. Change single settings as --section.field VALUE (e.g. "
+                              "--train.max_steps 400), or train a new run with --output-dir NEW_DIR")
         run = runs.Run.load(run_dir).require(task.name, finished=False)
-        cfg = validate(apply(run.config(), cli))  # the run's own config, then what you changed now
+        cfg = validate(anchor_data_paths(apply(run.config(), cli)))  # the run's own config, then your changes
+        changed = changed_on_resume(run.config(), cfg)
+        if changed:
+            raise ConfigError(f"--resume: {'; '.join(changed)}. The checkpoints in {run_dir} were trained with "
+                              "the old value, so the run cannot go on with the new one. Drop the option to "
+                              "resume, or train a new run with --output-dir NEW_DIR")
         return cfg, run_dir, run.record.profile_reason or "resumed"
     if args.data is not None and "data.valid" not in cli:
         cli["data.valid"] = ""  # new training data: hold out a split of it, not the shipped validation file

@@ -500,10 +500,26 @@ def save_yaml(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
+# What a run's checkpoints were made with: their weights' shapes and meaning (model, lora, method, output
+# vocabulary), or the data order a resumed run skips through (data, batches, seed). --resume refuses a change
+# to any of these; the rest (steps, epochs, logging, saving, evaluation, decoding) may change.
+FIXED_ON_RESUME = ("profile", "model.", "lora.", "train.method", "train.output_vocab", "train.batch_size",
+                   "train.grad_accum", "train.seed", "train.group_by_length", "data.train", "data.valid",
+                   "data.limit", "data.valid_fraction", "data.drop_duplicates", "data.weights")
+
+
+def changed_on_resume(before: RunConfig, after: RunConfig) -> list[str]:
+    """'key: old -> new' for each FIXED_ON_RESUME key whose value differs."""
+    old, new = flatten(before.to_dict(), "run"), flatten(after.to_dict(), "run")
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in old
+            if key.startswith(FIXED_ON_RESUME) and old[key] != new[key]]
+
+
 def anchor_data_paths(cfg: RunConfig) -> RunConfig:
-    """A relative data path that does not exist from the current folder but does in the project (as in the
-    shipped configs) is made absolute, so every command works from any folder. Each file of a comma-separated
-    list is anchored on its own."""
+    """Relative data paths made absolute, so every command reads the same files from any folder: one that
+    exists from the current folder is resolved there (a run records the file it trained on, not a name another
+    folder may hold too), else one that exists in the project (the shipped configs' data/...) there. Each file
+    of a comma-separated list on its own; a name that is no file (a hub dataset id) stays as it is."""
     from .data import split_sources
 
     for key in ("train", "valid", "test"):
@@ -514,6 +530,11 @@ def anchor_data_paths(cfg: RunConfig) -> RunConfig:
 
 
 def _anchored(value: str) -> str:
-    if not Path(value).is_absolute() and not Path(value).exists() and (PROJECT_ROOT / value).exists():
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if path.exists():
+        return str(path.resolve())
+    if (PROJECT_ROOT / value).exists():
         return str(PROJECT_ROOT / value)
     return value

@@ -286,13 +286,16 @@ _SEP_LINE = re.compile(r"sep=(.)")  # Excel's optional first line naming the del
 
 
 def _delimiter(path: Path, header: str) -> str:
-    """Tab for .tsv/.tab/.txt; for .csv the one a `sep=;` first line names, else a comma, or a semicolon when
-    the header has semicolons and no comma (Excel in locales with a decimal comma)."""
+    """Tab for .tsv/.tab/.txt; for .csv the one a `sep=;` first line names, else a comma, or, when the header
+    has no comma, a tab or a semicolon if it has those (a tab-separated file saved as .csv; Excel in locales
+    with a decimal comma)."""
     if path.suffix.lower() != ".csv":
         return "\t"
     if m := _SEP_LINE.fullmatch(header.strip()):
         return m.group(1)
-    return ";" if ";" in header and "," not in header else ","
+    if "," in header:
+        return ","
+    return "\t" if "\t" in header else ";" if ";" in header else ","
 
 
 def _check_header(path: Path, line: int, header: list[str]) -> list[str]:

@@ -39,12 +39,36 @@ class EvalPlan:
     rows: list[Row]
 
 
+# How a decoding setting given on the command line shows in an evaluation's folder name (decoding_tag).
+# first_line and batch_size are left out: they do not change what is scored.
+TAG_LABELS = {"num_beams": "beams{}", "beams": "beams{}", "beam_pick": "pick-{}", "max_new_tokens": "max{}",
+              "repetition_penalty": "rp{}", "no_repeat_ngram_size": "no-repeat{}"}
+
+
+def decoding_tag(cfg: RunConfig, given: dict) -> str:
+    """'-beams1', '-beams8-pick-score', '-full-vocab', ...: the decoding settings given for this evaluation that
+    differ from the run's own (generate.*), so a quick check with other settings sits beside the evaluation with
+    the run's decoding instead of replacing it. '' when they are the run's."""
+    parts = []
+    for key, value in given.items():
+        if value is None or value == getattr(cfg.generate, key, None):
+            continue
+        if key == "full_vocab":
+            parts += ["full-vocab"] if value else []
+        elif key == "loop_guard":
+            parts.append("loop-guard" if value else "no-loop-guard")
+        elif key in TAG_LABELS:
+            parts.append(TAG_LABELS[key].format(value))
+    return "".join(f"-{p}" for p in parts)
+
+
 def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: int = 0,
-         runs_root: str | None = None, checkpoint: str | None = None) -> EvalPlan:
+         runs_root: str | None = None, checkpoint: str | None = None, decoding: dict | None = None) -> EvalPlan:
     """The results go to eval/<name>/: 'test' for the run's own test file, else the file's name, then -firstN or
-    -lastN for part of it (--limit, --last); a name another file's evaluation holds gets a tag of this file's
-    path, so an evaluation only ever replaces one of the same file. checkpoint: score that checkpoint's weights
-    (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
+    -lastN for part of it (--limit, --last), then the decoding settings given that differ from the run's
+    (decoding_tag: -beams1, ...); a name another file's evaluation holds gets a tag of this file's path, so an
+    evaluation only ever replaces one of the same file, part and decoding. checkpoint: score that checkpoint's
+    weights (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
     loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
     source = data or cfg.data.test
@@ -56,7 +80,7 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     name = runs.eval_name(source, cfg.data.test)
     if limit or last:  # the scores of part of a file never replace those of the whole file
         name += f"-first{limit}" if limit else f"-last{last}"
-    name = loaded.eval_name(name)
+    name = loaded.eval_name(name + decoding_tag(cfg, decoding or {}))
     earlier = loaded.record.evaluations.get(name)
     if earlier and not runs.same_file(earlier.get("data", ""), source):  # another file with the same name
         name = runs.path_tagged(name, source)

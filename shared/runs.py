@@ -305,7 +305,7 @@ class Run:
                 raise ConfigError(f"run {self.path} has no complete checkpoint in {self.checkpoints_dir}")
         else:
             step = spec.removeprefix("checkpoint-")
-            if not step.isdigit():
+            if not (step.isascii() and step.isdigit()):  # "²" is a digit to isdigit(), not to int()
                 raise ConfigError(f"--checkpoint {spec!r}: give a step (e.g. 1200), checkpoint-STEP or 'last' "
                                   "(only evaluate takes 'all')")
             folder = self.checkpoints_dir / f"checkpoint-{int(step)}"
@@ -352,8 +352,20 @@ class Run:
 
     def write_eval(self, name: str, source: str, metrics: dict, predictions: list[dict],
                    summary: dict | None = None) -> Path:
-        """Write eval/<name>/metrics.json and predictions.jsonl (each atomically) and index them in run.json."""
+        """Write eval/<name>/metrics.json and predictions.jsonl (each atomically) and index them in run.json.
+        An earlier evaluation there with scores this one lacks (the base model's, before --no-base) is moved
+        aside to eval/<name>.replaced-TIME/ rather than lose them."""
         out = self.eval_dir(name)
+        try:
+            earlier = read_json(out / "metrics.json", "evaluation metrics") if (out / "metrics.json").is_file() else {}
+            lost = sorted(set(earlier) - set(metrics)) if isinstance(earlier, dict) else ["all"]
+        except ConfigError:
+            lost = ["unreadable"]
+        if lost:
+            aside = aside_path(out)
+            os.rename(out, aside)
+            from .log import log
+            log(f"eval/{name} held scores this evaluation does not compute ({', '.join(lost)}): moved to {aside}")
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "predictions.jsonl", predictions)
         write_json(out / "metrics.json", metrics)
@@ -536,7 +548,8 @@ class RunLock:
 
 def claim(path: Path, product: str, resume: bool, overwrite: bool, commands: dict) -> Run | None:
     """Decide what training may do with `path`, before anything loads. Returns the existing run to resume,
-    or None for a fresh run. Never deletes: --overwrite moves a run aside (renamed beside it)."""
+    or None for a fresh run. Never deletes or moves: with --overwrite the caller moves the old run aside
+    (move_aside) once the new one is ready to write, so a run refused later is left where it was."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"output folder {path} exists and is not a folder")
@@ -559,15 +572,28 @@ def claim(path: Path, product: str, resume: bool, overwrite: bool, commands: dic
         state = "finished" if run.record.status == "completed" else f"{run.record.status}, not finished"
         raise ConfigError(f"{path} is a {state} run. Continue it with --resume, train into a new --output-dir, "
                           "or pass --overwrite to move the old run aside (it is renamed, not deleted)")
-    aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
+    return None
+
+
+def aside_path(path: Path) -> Path:
+    """A free name beside `path` for what it holds now: NAME.replaced-TIME (then -2, -3, ...)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.replaced-{stamp}"), 1
     while aside.exists():
         n += 1
-        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-    os.rename(path, aside)
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    return aside
+
+
+def move_aside(path: Path) -> Path:
+    """Rename the run in `path` beside it (aside_path), under its lock; returns the new path."""
+    path = Path(path)
+    aside = aside_path(path)
+    with RunLock(path):
+        os.rename(path, aside)
     from .log import log
     log(f"--overwrite: the old run was moved aside to {aside}")
-    return None
+    return aside
 
 
 def versions() -> dict:

@@ -181,6 +181,14 @@ def _trainer_class():
             models.release_free_memory()  # what building the trainer freed (measured: 48 MB, float32 on a CPU)
             return super().train(*args, **kwargs)
 
+        def _run_epoch(self, *args, **kwargs):
+            # Resumed from a checkpoint of the last step where that step ends mid-epoch (max_steps, or 1.2 epochs):
+            # transformers checks for the end only after a step, so it would train one step past the end.
+            if self.state.global_step >= self.state.max_steps > 0:
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
+
         product_metric = None  # metric_eval.ProductMetric, set by build_trainer when the run asks for one
         share_prefix = False  # train.share_prefix, set by build_trainer (shared/loss.py:backbone_hidden)
         output_vocab = None  # shared.vocab.OutputVocab when train.output_vocab = answers
@@ -458,7 +466,7 @@ def train(task: Task, cfg: RunConfig, run_dir: Path, profile_reason: str, resume
         args.eval_strategy = IntervalStrategy.NO
     timings = {"load_model_s": round(load_s, 1), "prepare_data_s": round(time.time() - t0, 1)}
     output_ids = output_vocabulary(cfg, tokenizer, fmt, train_ds, valid_ds)
-    with _owned(prep.run_dir):
+    with _owned(prep):
         run = open_run(task, cfg, prep, profile_reason, model, fmt, timings)
         metric = metric_eval.for_run(task, cfg, prep.valid_rows if valid_ds is not None else [], tokenizer, fmt,
                                      output_ids)
@@ -514,6 +522,7 @@ class Preflight:
     valid_rows: list
     report: data_mod.DataReport
     previous: runs.Run | None = None  # the run being resumed, as the ownership check read it (rank 0)
+    replace: bool = False  # --overwrite of an existing run: moved aside when the new run starts writing
 
 
 def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> Preflight:
@@ -524,22 +533,32 @@ def preflight(task: Task, cfg: RunConfig, run_dir: Path, resume: bool, overwrite
     train_rows, valid_rows = read_splits(cfg, task, report)
     check_tracking(cfg)
     check_method(cfg)
-    previous = None
+    previous, replace = None, False
     if runs.is_main_process():
         previous = runs.claim(run_dir, task.name, resume, overwrite, task.commands())
+        replace = overwrite and previous is None and (run_dir / "run.json").exists()
         check_output(run_dir)
-    runs.same_on_all_processes(True)  # the others wait until rank 0 has moved an old run aside
-    return Preflight(run_dir, train_rows, valid_rows, report, previous)
+    runs.same_on_all_processes(True)  # the others wait for rank 0's verdict on the folder
+    return Preflight(run_dir, train_rows, valid_rows, report, previous, replace)
 
 
 @contextlib.contextmanager
-def _owned(run_dir: Path):
-    """The run folder, created and locked by the process that writes it, for the length of the training."""
-    if not runs.is_main_process():
+def _owned(prep: Preflight):
+    """The run folder, created and locked by the process that writes it, for the length of the training.
+    Only here, with the model loaded and the data ready, does --overwrite move the old run aside: a run that
+    stops before this point (a wrong model name, no usable rows, Ctrl-C while loading) leaves it in place."""
+    main = runs.is_main_process()
+    if main and prep.replace:
+        runs.move_aside(prep.run_dir)
+    runs.same_on_all_processes(True)  # the others wait until rank 0 has moved the old run aside
+    if not main:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with runs.RunLock(run_dir):
+    prep.run_dir.mkdir(parents=True, exist_ok=True)
+    with runs.RunLock(prep.run_dir):
+        if prep.previous is None and (prep.run_dir / "run.json").exists():
+            raise ConfigError(f"another training wrote a run into {prep.run_dir} while this one was loading; "
+                              "nothing in it was touched. Pick another --output-dir")
         yield
 
 

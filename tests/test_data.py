@@ -105,6 +105,7 @@ def _read(path, report=None):
     ("crlf.csv", PAIRS_TEXT.replace("\n", "\r\n").encode("utf-8"), None),
     ("cr.csv", PAIRS_TEXT.replace("\n", "\r").encode("utf-8"), None),  # old Mac Excel
     ("cr16.csv", PAIRS_TEXT.replace("\n", "\r").encode("utf-16"), "utf-16-le"),
+    ("tabs.csv", PAIRS_TEXT.replace(",", "\t").replace("Yes\t please", "Yes, please").encode(), None),  # misnamed
     ("semicolon.csv", PAIRS_TEXT.replace(",", ";").replace('"Yes; please"', '"Yes, please"').encode(), None),
     ("sep.csv", ("sep=;\n" + PAIRS_TEXT.replace(",", ";").replace('"Yes; please"', '"Yes, please"')).encode(), None),
     ("excel.txt", PAIRS_TEXT.replace(",", "\t").replace("Yes\t please", "Yes, please").encode("utf-16"), "utf-16-le"),

@@ -326,11 +326,12 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     assert ens["weights"]["ridge"] < 0.02 and ens["weights"]["readout"] < 0.02
     assert metrics["readout"]["n"] == 12
     assert ens["mae"] < metrics["finetuned"]["mae"]
-    saved = json.loads((run.path / "eval" / "test" / "metrics.json").read_text())
+    name = "test" if beams == price_eval.BEAMS else f"test-beams{beams}"  # beside the default's, not instead
+    saved = json.loads((run.path / "eval" / name / "metrics.json").read_text())
     shown = list(metric_rows(saved))
     assert shown[-2:] == ["fine-tuned, hidden-state read-out", "ensemble: fine-tuned + read-out + TF-IDF ridge"]
     assert ("fine-tuned, 8-beam mean" in shown) == bool(beams)
-    rows = [json.loads(line) for line in (run.path / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run.path / "eval" / name / "predictions.jsonl").read_text().splitlines()]
     fallback = [r for r in rows if r["finetuned"] is None]
     assert len(fallback) == 1 and fallback[0]["ensemble"] == fallback[0]["ridge"]
     assert all(r["readout"] > 0 for r in rows)
@@ -362,3 +363,23 @@ def test_baselines_on_too_little_data_are_one_line(tmp_path, capsys, rows, messa
     with pytest.raises(SystemExit):
         baselines.main(["--data", str(data), "--holdout-last", "5"])
     assert "--holdout-last 5" in capsys.readouterr().err
+
+
+def test_baselines_never_write_their_results_over_an_input(tmp_path, capsys, monkeypatch):
+    from apps.price_predictor import baselines
+
+    from .conftest import write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+
+    data = write_jsonl(tmp_path / "items.jsonl", [{"title": f"Kettle {i}", "description": "Steel.", "price": 10 + i}
+                                                  for i in range(12)])
+    before = data.read_bytes()
+    for argv in (["--json", str(data)], ["--json", "./items.jsonl"], ["--json", str(tmp_path / "no" / "r.json")]):
+        with pytest.raises(SystemExit) as e:
+            baselines.main(["--data", str(data), "--holdout-last", "4", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and err.startswith("error: --json"), err
+    assert data.read_bytes() == before
+    baselines.main(["--data", str(data), "--holdout-last", "4", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())

@@ -95,6 +95,34 @@ def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
     assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
 
 
+def test_other_decoding_sits_beside_and_a_base_score_is_never_dropped(finished, tmp_path, capsys):
+    """Evaluating again with other decoding settings (a quick greedy check after the run's 4 beams) goes beside
+    the earlier evaluation; again with fewer scores (--no-base after one with the base model) moves the earlier
+    one aside instead of replacing it."""
+    import shutil
+
+    from apps.translator import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("eval"))  # without other tests' evaluations
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "evaluations": {}}))
+    evaluate.main(["--run", str(run), "--limit", "2"])  # the run's own decoding (4 beams), with the base model
+    first = snapshot(run / "eval" / "test-first2")
+    evaluate.main(["--run", str(run), "--limit", "2", "--beams", "1", "--no-loop-guard"])
+    evaluate.main(["--run", str(run), "--limit", "2", "--beams", "4"])  # the run's own value: no tag
+    names = runs.Run.load(run).record.evaluations.keys()
+    assert {"test-first2", "test-first2-beams1-no-loop-guard"} <= names and len(names) == 2
+    assert json.loads((run / "eval" / "test-first2-beams1-no-loop-guard" / "metrics.json").read_text())[
+        "decoding"]["num_beams"] == 1
+    assert snapshot(run / "eval" / "test-first2").keys() == first.keys()
+    capsys.readouterr()
+    evaluate.main(["--run", str(run), "--limit", "2", "--no-base"])
+    aside = [p for p in (run / "eval").iterdir() if p.name.startswith("test-first2.replaced-")]
+    assert len(aside) == 1 and "base" in json.loads((aside[0] / "metrics.json").read_text())
+    assert "base" not in json.loads((run / "eval" / "test-first2" / "metrics.json").read_text())
+    assert f"moved to {aside[0]}" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def stepped(tiny_model_dir, data, tmp_path_factory) -> Path:
     """A finished 4-step run with checkpoints at steps 2 and 4."""
@@ -113,12 +141,13 @@ def test_a_checkpoint_is_scored_beside_the_final_weights(stepped, capsys):
     at_last = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="4")
     at_two = evaluate.evaluate(str(stepped), limit=3, with_base=False, num_beams=1, checkpoint="checkpoint-2")
     run = runs.Run.load(stepped)
-    assert {"test-first3", "test-first3-checkpoint-4", "test-first3-checkpoint-2"} <= run.record.evaluations.keys()
-    assert run.record.evaluations["test-first3"]["weights"] == "adapter"
-    assert run.record.evaluations["test-first3-checkpoint-2"]["weights"] == "checkpoints/checkpoint-2"
+    assert {"test-first3-beams1", "test-first3-beams1-checkpoint-4",
+            "test-first3-beams1-checkpoint-2"} <= run.record.evaluations.keys()  # -beams1: not the run's 4 beams
+    assert run.record.evaluations["test-first3-beams1"]["weights"] == "adapter"
+    assert run.record.evaluations["test-first3-beams1-checkpoint-2"]["weights"] == "checkpoints/checkpoint-2"
     assert at_two["weights"] == str(stepped / "checkpoints" / "checkpoint-2")
     # the last checkpoint holds the final weights: the same translations
-    assert run.read_eval("test-first3-checkpoint-4")[1] == run.read_eval("test-first3")[1]
+    assert run.read_eval("test-first3-beams1-checkpoint-4")[1] == run.read_eval("test-first3-beams1")[1]
     assert at_last["finetuned"] == final["finetuned"]
     # the weights loaded are the checkpoint's own, not the final adapter's
     model, *_ = load_run(run.at_checkpoint(2), limit_vocab=False)
@@ -162,10 +191,11 @@ def test_a_checkpoint_of_a_stopped_run_can_be_scored_and_a_missing_one_is_named(
     (stopped / "run.json").write_text(json.dumps({**record, "status": "interrupted", "evaluations": {}}))
     assert "has no finished adapter" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped)]))
     evaluate.main(["--run", str(stopped), "--checkpoint", "last", "--limit", "2", "--no-base", "--beams", "1"])
-    assert "test-first2-checkpoint-2" in runs.Run.load(stopped).record.evaluations
+    assert "test-first2-beams1-checkpoint-2" in runs.Run.load(stopped).record.evaluations
     message = cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "3"]))
     assert "no checkpoint at step 3 (saved steps: 2;" in message
-    assert "give a step" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "best"]))
+    for spec in ("best", "²"):  # "²" is a digit to str.isdigit
+        assert "give a step" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", spec]))
     (stopped / runs.PISSA_START).mkdir()
     assert "PiSSA checkpoint" in cli_error(capsys, lambda: evaluate.main(["--run", str(stopped), "--checkpoint", "2"]))
     # a checkpoint training is still writing (trainer_state.json comes last) is not read
@@ -189,15 +219,16 @@ def test_checkpoint_all_scores_each_kept_weights_then_the_final_ones(stepped, tm
     evaluate.main(["--run", str(run), "--checkpoint", "all", "--limit", "2", "--beams", "1"])
     out = capsys.readouterr().out
     table = out.rsplit("wrote ", 2)[1].splitlines()[1:]  # printed after the last evaluation, before the plot
-    assert out.rstrip().endswith(f"wrote {run / 'eval' / 'test-first2-checkpoints.png'}")
-    assert (run / "eval" / "test-first2-checkpoints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.rstrip().endswith(f"wrote {run / 'eval' / 'test-first2-beams1-checkpoints.png'}")
+    assert (run / "eval" / "test-first2-beams1-checkpoints.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [line.split()[0] for line in table] == ["weights", "checkpoints/checkpoint-2", "checkpoints/checkpoint-4",
                                                    "adapter"]
     evaluations = runs.Run.load(run).record.evaluations
-    assert {n: e["weights"] for n, e in evaluations.items()} == {"test-checkpoint-4": "checkpoints/checkpoint-4",
-        "test-first2-checkpoint-2": "checkpoints/checkpoint-2", "test-first2-checkpoint-4": "checkpoints/checkpoint-4",
-        "test-first2": "adapter"}
-    names = ["test-first2-checkpoint-2", "test-first2-checkpoint-4", "test-first2"]
+    assert {n: e["weights"] for n, e in evaluations.items()} == {
+        "test-beams1-checkpoint-4": "checkpoints/checkpoint-4",
+        "test-first2-beams1-checkpoint-2": "checkpoints/checkpoint-2",
+        "test-first2-beams1-checkpoint-4": "checkpoints/checkpoint-4", "test-first2-beams1": "adapter"}
+    names = ["test-first2-beams1-checkpoint-2", "test-first2-beams1-checkpoint-4", "test-first2-beams1"]
     for name, chrf in zip(names, [line.split()[2] for line in table[1:]]):
         metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
         assert f"{metrics['finetuned']['chrf']:.2f}" == chrf
@@ -281,6 +312,73 @@ def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path):
     assert len(aside) == 1 and snapshot(aside[0]) == before  # renamed, byte for byte
     assert runs.Run.load(run).finished
     assert not (tmp_path / runs.LATEST).exists() and not (run.parent / runs.LATEST).exists()  # outside the root
+
+
+@pytest.mark.parametrize("extra", [("--model", "/no/such/model"), ("--model.max_length", "3")])
+def test_overwrite_leaves_the_old_run_in_place_when_the_new_one_cannot_start(tiny_model_dir, data, tmp_path,
+                                                                            capsys, extra):
+    """A wrong model name, or data with no row short enough, stops the new run after its checks: the old run
+    must still be where it was, not renamed aside with nothing in its place."""
+    root = tmp_path / "runs"
+    run = root / "translator" / "mine"
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 2, "--runs-root", str(root)))
+    before, latest = snapshot(run), (run.parent / runs.LATEST).read_text()
+    cli_error(capsys, lambda: train_main(TASK, [*cli_args(tiny_model_dir, data, run, 2, "--overwrite",
+                                                          "--runs-root", str(root)), *extra]))
+    assert snapshot(run) == before and (run.parent / runs.LATEST).read_text() == latest
+    assert not [p for p in run.parent.iterdir() if ".replaced-" in p.name]
+
+
+def test_resume_refuses_what_its_checkpoints_cannot_take(finished, tiny_model_dir, data, tmp_path, capsys):
+    """A changed adapter shape (or model, data, batch) on --resume would fail to load the checkpoint after the
+    run's record was rewritten, or train on other rows than it skips: refused in one line, nothing touched.
+    --config and --profile would be dropped silently: refused too."""
+    before = snapshot(finished)
+    args = cli_args(tiny_model_dir, data, finished, 2, "--resume")
+    message = cli_error(capsys, lambda: train_main(TASK, [*args, "--lora.r", "8"]))
+    assert "lora.r: 4 -> 8" in message and "--output-dir NEW_DIR" in message
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text())
+    assert "data.train" in cli_error(capsys, lambda: train_main(TASK, [*args, "--data", str(other)]))
+    assert "train.batch_size: 4 -> 2" in cli_error(capsys, lambda: train_main(TASK, [*args, "--train.batch_size", "2"]))
+    for flag, value in (("--config", str(tmp_path / "c.yaml")), ("--profile", "cpu")):
+        assert f"{flag} cannot apply" in cli_error(capsys, lambda: train_main(TASK, [*args, flag, value]))
+    assert snapshot(finished) == before
+
+
+def test_resume_at_the_last_step_trains_no_further(tiny_model_dir, data, tmp_path):
+    """A run stopped while writing adapter/ after its last checkpoint, where max_steps ends mid-epoch: --resume
+    writes the checkpoint's weights, without the one step more that transformers would train."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = cli_args(tiny_model_dir, data, run, 2, "--train.scheduler", "constant")  # any extra step would show
+    train_main(TASK, args)
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    shutil.rmtree(run / "adapter")
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    train_main(TASK, [*args, "--resume"])
+    train = runs.Run.load(run).record.train
+    assert (train["global_step"], train["steps_this_session"]) == (2, 0)
+    again = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_a_relative_data_path_is_recorded_as_the_file_it_named(tmp_path, monkeypatch):
+    """A run trained on `pairs.jsonl` in one folder and evaluated from another must not read that folder's
+    pairs.jsonl: the run records absolute paths."""
+    from shared.cli import build_config, train_parser
+
+    (tmp_path / "a").mkdir()
+    write_jsonl(tmp_path / "a" / "pairs.jsonl", [{"en": "Hi.", "ko": "안녕."}])
+    monkeypatch.chdir(tmp_path / "a")
+    args, rest = train_parser(TASK).parse_known_args(["--data", "pairs.jsonl", "--data.test", "./pairs.jsonl",
+                                                      "--output-dir", str(tmp_path / "run")])
+    cfg, *_ = build_config(TASK, args, rest)
+    assert cfg.data.train == cfg.data.test == str(tmp_path / "a" / "pairs.jsonl")
 
 
 def test_a_locked_run_folder_refuses_a_second_training(finished):

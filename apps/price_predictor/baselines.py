@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
+from pathlib import Path
 
+from shared import runs
 from shared.cli import Parser, run_cli
 from shared.config import ConfigError
 from shared.data import DataReport, read_raw
@@ -63,6 +64,13 @@ def main(argv=None):
     def work():
         from shared.config import PROJECT_ROOT
 
+        test = args.test or str(PROJECT_ROOT / DEFAULT_TEST)
+        if args.json:  # checked before the minutes of fitting, and never one of the inputs
+            for given in (args.data, test):
+                if Path(given).is_file() and runs.same_file(args.json, given):
+                    raise ConfigError(f"--json {args.json} is the data file {given}; give the results another name")
+            if not Path(args.json).resolve().parent.is_dir():
+                raise ConfigError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
         if args.holdout_last:  # same rows as `train --limit TOTAL-N` and `evaluate --last N`
             n_rows = len(read_raw(args.data))
             if not 0 < args.holdout_last < n_rows:
@@ -72,14 +80,12 @@ def main(argv=None):
             test_rows = TASK.read(args.data, DataReport(), last=args.holdout_last, drop_duplicates=False)
         else:
             train_rows = TASK.read(args.data, DataReport())
-            test = args.test or str(PROJECT_ROOT / DEFAULT_TEST)
             test_rows = TASK.read(test, DataReport(), drop_duplicates=False)
         results = run_baselines(train_rows, test_rows)
         print(f"train rows: {len(train_rows)}, test rows: {len(test_rows)}")
         print(table(results))
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2)
+            runs.write_json(args.json, results)
 
     run_cli(work)
 

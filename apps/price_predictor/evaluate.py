@@ -42,7 +42,8 @@ SEARCH_BATCH = 8  # prompts per search batch, each `beams` rows after the prefil
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
              beams: int = BEAMS, ensemble: bool = True, readout: bool = True, runs_root: str | None = None,
              checkpoint: str | None = None, **decoding) -> dict:
-    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint)
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint,
+                           {**decoding, "beams": beams if beams != BEAMS else None})
     # Everything else the scores need is read and fitted now, before minutes of generation: the baselines train
     # on the run's own training rows, the ensemble is fitted on its validation rows.
     train_rows, run_valid_rows = read_splits(plan.cfg, TASK, DataReport())

@@ -31,7 +31,7 @@ def table(metrics: dict) -> str:
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
              runs_root: str | None = None, checkpoint: str | None = None, **decoding) -> dict:
-    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint)
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint, decoding)
     p = evaluation.predict_both(TASK, plan, with_base, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
