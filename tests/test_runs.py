@@ -329,6 +329,20 @@ def test_overwrite_leaves_the_old_run_in_place_when_the_new_one_cannot_start(tin
     assert not [p for p in run.parent.iterdir() if ".replaced-" in p.name]
 
 
+def test_a_run_written_into_the_folder_while_this_one_loaded_is_not_replaced(finished):
+    """Two trainings started into the same new folder: the second, finding a run there once its model is
+    loaded, stops instead of writing over it."""
+    from shared import data as data_mod
+    from shared.train import Preflight, _owned
+
+    before = snapshot(finished)
+    prep = Preflight(finished, [], [], data_mod.DataReport())  # what the check saw: no run there yet
+    with pytest.raises(ConfigError, match="another training wrote a run into"):
+        with _owned(prep):
+            pass
+    assert snapshot(finished) == before
+
+
 def test_resume_refuses_what_its_checkpoints_cannot_take(finished, tiny_model_dir, data, tmp_path, capsys):
     """A changed adapter shape (or model, data, batch) on --resume would fail to load the checkpoint after the
     run's record was rewritten, or train on other rows than it skips: refused in one line, nothing touched.
