@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -119,7 +120,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
             cli[key] = value
     if args.resume:
         root = runs.runs_root(cli.get("output.runs_root"))
-        run_dir = Path(cli["output.dir"]) if cli.get("output.dir") else runs.latest_run(root, task.name)
+        run_dir = Path(cli["output.dir"]).expanduser() if cli.get("output.dir") else runs.latest_run(root, task.name)
         if run_dir is None:
             raise ConfigError(f"--resume: no latest {task.name} run under {root}; pass --output-dir DIR of an "
                               "earlier run")
@@ -139,7 +140,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
                               "the old value, so the run cannot go on with the new one. Drop the option to "
                               "resume, or train a new run with --output-dir NEW_DIR")
         return cfg, run_dir, run.record.profile_reason or "resumed"
-    if args.data is not None and "data.valid" not in cli:
+    if "data.train" in cli and "data.valid" not in cli:  # --data X, --data.train X or --set data.train=X
         cli["data.valid"] = ""  # new training data: hold out a split of it, not the shipped validation file
     yaml_flat = load_yaml(args.config) if args.config else {}
     requested = args.profile or cli.get("profile") or yaml_flat.get("profile") or "auto"
@@ -149,6 +150,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     cfg.profile = profile
     anchor_data_paths(cfg)
     cfg.output.runs_root = str(runs.runs_root(cfg.output.runs_root))  # recorded as resolved
+    cfg.output.dir = str(Path(cfg.output.dir).expanduser()) if cfg.output.dir else ""  # ~ as the shell makes it
     run_dir = Path(cfg.output.dir) if cfg.output.dir else runs.new_run_dir(cfg.output.runs_root, task.name,
                                                                            cfg.model.name)
     return cfg, run_dir, reason
@@ -208,6 +210,6 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
         if runs.is_main_process():  # once, not once per process under accelerate launch
             if after is not None:
                 after(out)
-            print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {out}")
+            print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {shlex.quote(str(out))}")
 
     run_cli(main)

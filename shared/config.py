@@ -338,6 +338,8 @@ def flatten(tree: dict, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     flat = {}
     for key, value in tree.items():
+        if value is None and key in SECTIONS:  # `lora:` with all its keys commented out
+            continue
         if isinstance(value, dict):
             if key not in SECTIONS:
                 raise ConfigError(f"{source}: unknown section '{key}'. Sections: {', '.join(SECTIONS)}")
@@ -361,9 +363,23 @@ def _read_config_text(path: Path) -> str:
                           "re-save the config file as UTF-8") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last one,
+    so `train:` written twice would drop every setting of the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -478,6 +494,9 @@ def _check_keep(t: TrainSettings) -> None:
         raise ConfigError("train.keep=best_metric needs train.metric_samples > 0 (validation rows to generate on)")
 
 
+MAX_WEIGHT = 1000  # repeats of a file's rows per epoch; far more only fills memory with copies
+
+
 def _check_weights(data: DataSettings) -> None:
     from .data import split_sources  # the data layer decides how a file list is written
 
@@ -489,6 +508,9 @@ def _check_weights(data: DataSettings) -> None:
                           f"file(s) ({data.train or 'none'}); give one weight per file, in the same order")
     if not any(data.weights):
         raise ConfigError(f"data.weights are all 0 {data.weights}: no training row would be used")
+    if max(data.weights) > MAX_WEIGHT:
+        raise ConfigError(f"data.weights {data.weights}: a weight is how many times each row of its file is used "
+                          f"per epoch; at most {MAX_WEIGHT:,}")
 
 
 def from_dict(tree: dict) -> RunConfig:

@@ -8,6 +8,7 @@ real browser (tests/test_demos.py).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -149,6 +150,11 @@ def check_text(text: str | None, what: str, max_chars: int, required: bool = Tru
     text = " ".join((text or "").split())
     if not text:
         return CheckedText("", f"Enter the {what}." if required else None)
+    # Bytes that are not UTF-8 reach Python (stdin, argv) as surrogates, which the tokenizer rejects
+    bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        return CheckedText(text, f"The {what} is not valid UTF-8 (byte 0x{ord(text[bad]) - 0xdc00:02x} at character "
+                                 f"{bad + 1}); give it as UTF-8.")
     checked = CheckedText(text)
     if len(text) > max_chars:
         cut = text[:max_chars]
@@ -267,7 +273,7 @@ def pick_weights(run: runs.Run) -> runs.Run:
 def evaluate_command(run: runs.Run) -> str:
     """The command that scores the weights in use (a checkpoint's with --checkpoint)."""
     picked = f" --checkpoint {run.checkpoint.name.removeprefix('checkpoint-')}" if run.checkpoint is not None else ""
-    return f"{run.command('evaluate')} --run {run.path}{picked}"
+    return f"{run.command('evaluate')} --run {shlex.quote(str(run.path))}{picked}"
 
 
 def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:

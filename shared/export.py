@@ -75,6 +75,9 @@ def hub_token() -> str | None:
 def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     """(run, GGUF converter command, hub token): everything that can be refused is refused here."""
     latest = args.run in ("", "latest")
+    # absolute from here on: `--merged .` has no name to write beside, `~/x` is the home folder's x
+    args.merged = str(Path(args.merged).expanduser().resolve())
+    args.gguf = str(Path(args.gguf).expanduser().resolve()) if args.gguf else args.gguf
     if latest and not args.product:
         raise ConfigError("--run latest needs --product (the product whose latest run to export)")
     # --product picks the latest run; a run named by its folder is exported whatever its product
@@ -100,6 +103,12 @@ def check_merged_target(out: Path, run: runs.Run, overwrite: bool, root: Path) -
     """--merged may be new, empty, or (with --overwrite) an earlier export; never the run, a folder holding
     the run or the runs root, nor a folder of someone's own files."""
     runs.check_apart(out, run.path, "--merged", "the run folder")
+    base = Path(run.config().model.name).expanduser()
+    if base.exists():  # a local base: replacing it would change what the run's adapter sits on
+        runs.check_apart(out, base.resolve(), "--merged", "the run's base model")
+    holder = next(p for p in out.parents if p.exists())
+    if not holder.is_dir():
+        raise ConfigError(f"--merged {out}: {holder} is a file, not a folder")
     if root.exists() and runs.contains(out, root):
         raise ConfigError(f"--merged {out} contains the runs root {root}; replacing it would delete every run. "
                           "Pick another folder.")

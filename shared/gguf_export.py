@@ -512,6 +512,11 @@ def preflight(gguf: Path, model_type: str | None, overwrite: bool) -> list[str] 
     built-in writer. model_type: the base's, from the run record (None: checked when writing)."""
     if gguf.suffix.lower() != ".gguf":
         raise ConfigError(f"--gguf {gguf}: the file name must end in .gguf")
+    if gguf.is_dir():
+        raise ConfigError(f"--gguf {gguf} is a folder; give a file name ending in .gguf")
+    holder = next(p for p in gguf.parents if p.exists())
+    if not holder.is_dir():
+        raise ConfigError(f"--gguf {gguf}: {holder} is a file, not a folder")
     for path in (gguf, modelfile_path(gguf)):
         if path.exists() and not overwrite:
             raise ConfigError(f"--gguf: {path} exists; pass --overwrite to replace it")

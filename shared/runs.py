@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import time
 from importlib import metadata
 from pathlib import Path
@@ -38,8 +39,9 @@ PISSA_START = "pissa-start"  # a PiSSA run's adapter as initialised, to convert 
 
 def runs_root(configured: str | Path | None = None) -> Path:
     """The one place that decides where runs live: the config's output.runs_root (or a command's --runs-root),
-    then $FT_RUNS_DIR, then ./runs."""
-    return Path(configured or os.environ.get(RUNS_ENV) or DEFAULT_ROOT)
+    then $FT_RUNS_DIR, then ./runs. A leading ~ is the home folder, as the shell would make it (transformers
+    expands it in the checkpoints' path; a folder literally named ~ would split a run in two)."""
+    return Path(configured or os.environ.get(RUNS_ENV) or DEFAULT_ROOT).expanduser()
 
 
 # ---------------------------------------------------------------- files
@@ -320,6 +322,14 @@ class Run:
                               f"original base. Score the run's finished adapter instead ({self.adapter_dir})")
         return Run(self.path, self.record, folder)
 
+    def in_training(self) -> bool:
+        """A training holds the run's folder lock (RunLock) now."""
+        try:
+            with RunLock(self.path):
+                return False
+        except ConfigError:
+            return True
+
     def eval_name(self, name: str) -> str:
         """The evaluation folder name of these weights: `name` for the final ones, name-checkpoint-N for a
         checkpoint's, so both sit side by side."""
@@ -342,8 +352,12 @@ class Run:
             raise ConfigError(f"{self.path} is a {self.record.product} run, not a {product} run; "
                               f"pass a {product} run with --run")
         if finished and not self.finished:
-            raise ConfigError(f"run {self.path} has no finished {self.weights_dir.name} (status: {self.record.status}). "
-                              f"Resume it: {self.command('train')} --output-dir {self.path} --resume")
+            if self.record.status == "running" and self.in_training():
+                raise ConfigError(f"run {self.path} is still training, so it has no {self.weights_dir.name} yet: "
+                                  "wait for it to end, or use its newest checkpoint with --checkpoint last")
+            raise ConfigError(f"run {self.path} has no finished {self.weights_dir.name} (status: "
+                              f"{self.record.status}). Resume it: {self.command('train')} --output-dir "
+                              f"{shlex.quote(str(self.path))} --resume")
         return self
 
     # -- evaluations, kept side by side
@@ -488,10 +502,12 @@ def find_run(spec: str, product: str | None, root: str | Path | None = None, fin
         path = latest_run(root, product)
         if path is None:
             hint = f" Train one first: {train_command}" if train_command else ""
+            if (product_dir(root, product) / LATEST).is_file():
+                hint = f" ({LATEST} names a run that is gone: pass --run DIR of another){hint}"
             raise ConfigError(f"no {product} run found under {product_dir(root, product)}/ (runs root: {root}; "
                               f"set --runs-root or {RUNS_ENV} if it is elsewhere).{hint}")
     else:
-        path = Path(spec)
+        path = Path(spec).expanduser()
     run = Run.load(path).require(product, finished=finished and checkpoint is None)
     return run if checkpoint is None else run.at_checkpoint(checkpoint)
 

@@ -34,6 +34,10 @@ class Task:
     # {"user": "en", "assistant": "ko", "system": "system"}; None: the product reads columns only.
     chat_roles: dict | None = None
 
+    # Fewest training rows (after the validation split) the product's training can use; checked before the
+    # model loads.
+    min_train_rows: int = 1
+
     def read(self, source: str, report: DataReport | None = None, limit: int = 0, last: int = 0,
              drop_duplicates: bool = True, weights: list[float] | tuple = (), seed: int = 0) -> list[Row]:
         """Read and validate one data file, or several separated by commas, mixed by `weights` (see data.mix;
@@ -49,7 +53,11 @@ class Task:
         parts = [self.read_one(s, report, limit=limit, last=last, drop_duplicates=drop_duplicates) for s in sources]
         if len(parts) == 1 and not weights:
             return parts[0]
-        if drop_duplicates:
+        if drop_duplicates and weights:  # a row two files hold stays in the one that weighs most
+            order = sorted(range(len(parts)), key=lambda i: -weights[i])
+            kept = drop_duplicates_across([parts[i] for i in order], report)
+            parts = [kept[order.index(i)] for i in range(len(parts))]
+        elif drop_duplicates:
             parts = drop_duplicates_across(parts, report)
         return mix(parts, list(weights), seed, report)
 

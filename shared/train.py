@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -81,6 +82,9 @@ def read_splits(cfg: RunConfig, task: Task, report: data_mod.DataReport):
     else:
         train_rows, valid_rows = data_mod.split(train_rows, cfg.data.valid_fraction, cfg.train.seed)
         report.rows_held_out = len(valid_rows)
+    if len(train_rows) < task.min_train_rows:
+        raise ConfigError(f"{cfg.data.train}: {len(train_rows)} usable training row(s) ({report.summary()}); the "
+                          f"{task.name} needs at least {task.min_train_rows}")
     report.checks = task.data_checks(train_rows)
     return train_rows, valid_rows
 
@@ -648,7 +652,7 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
         if main:
             run.save()
         log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
-            f"  {task.command('train')} --output-dir {run.path} --resume")
+            f"  {task.command('train')} --output-dir {shlex.quote(str(run.path))} --resume")
         raise
     except BaseException as e:
         run.record.status, run.record.error = "failed", f"{e.__class__.__name__}: {e}"[:500]

@@ -190,3 +190,45 @@ def test_each_file_of_a_list_is_anchored_to_the_project(tmp_path, monkeypatch):
     cfg = resolve(cli={"data.train": f"data/translator/train.jsonl,{other}"})
     anchor_data_paths(cfg)
     assert cfg.data.train == f"{ROOT / 'data/translator/train.jsonl'},{other}"
+
+
+def test_a_key_given_twice_in_yaml_is_an_error_and_an_empty_section_is_none(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 1.0e-4\ntrain:\n  epochs: 2\n")  # PyYAML alone keeps only the second
+    with pytest.raises(ConfigError, match=r"'train' is given twice at line 3"):
+        load_yaml(twice)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("lora:\n  # r: 8\ntrain:\n  lr: 1.0e-4\n")
+    assert load_yaml(empty) == {"train.lr": 1e-4}
+
+
+def test_data_weights_are_bounded():
+    with pytest.raises(ConfigError, match="at most 1,000"):
+        resolve(cli={"data.train": "a.jsonl,b.jsonl", "data.weights": "1e30,1"})
+
+
+def test_a_tilde_is_the_home_folder_for_runs(tmp_path, monkeypatch):
+    """A quoted ~ (YAML, FT_RUNS_DIR='~/x') must not make a folder named ~: transformers would write the
+    checkpoints under the real home folder and the rest of the run beside them in ./~."""
+    from apps.translator.task import TASK
+    from shared import runs
+    from shared.cli import build_config, train_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert runs.runs_root("~/r") == tmp_path / "r"
+    args, rest = train_parser(TASK).parse_known_args(["--output-dir", "~/od", "--output.runs_root", "~/r"])
+    cfg, run_dir, _ = build_config(TASK, args, rest)
+    assert run_dir == tmp_path / "od" and cfg.output.dir == str(tmp_path / "od")
+    assert cfg.output.runs_root == str(tmp_path / "r")
+
+
+def test_data_train_holds_out_its_own_split_as_data_does(tmp_path):
+    """`--data.train X` (or --set data.train=X) is `--data X`: the validation rows come from X, not from the
+    shipped validation file of another dataset."""
+    from apps.translator.task import TASK
+    from shared.cli import build_config, train_parser
+
+    for argv in (["--data", "x.jsonl"], ["--data.train", "x.jsonl"], ["--set", "data.train=x.jsonl"]):
+        args, rest = train_parser(TASK).parse_known_args([*argv, "--output-dir", str(tmp_path / "r")])
+        assert build_config(TASK, args, rest)[0].data.valid == "", argv

@@ -222,3 +222,16 @@ def test_report_adds_up_with_weights(tmp_path):
     assert report.dropped == {"duplicate": 1, "left out by data.weights": 7}
     assert report.rows_read + report.rows_repeated == len(rows) + sum(report.dropped.values())
     assert "repeated by data.weights 5" in report.summary()
+
+
+def test_a_row_two_weighted_files_share_stays_with_the_heavier_file(tmp_path):
+    """--data a,b --data.weights 0,1 asks for all of b: a's copy of a shared row must not remove b's."""
+    from apps.translator.task import TASK
+
+    from .conftest import PAIRS, write_jsonl
+
+    rows = [{"en": e, "ko": k} for e, k in PAIRS]
+    a = write_jsonl(tmp_path / "a.jsonl", rows[:3])
+    b = write_jsonl(tmp_path / "b.jsonl", rows[:6])  # holds a's three rows too
+    assert len(TASK.read(f"{a},{b}", DataReport(), weights=[0, 1])) == 6
+    assert len(TASK.read(f"{a},{b}", DataReport(), weights=[1, 3])) == 18  # b's rows three times, shared ones too

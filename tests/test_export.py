@@ -192,3 +192,31 @@ def test_overwrite_never_deletes_runs_or_a_users_folder(exported, tmp_path, caps
                                                                "--overwrite"])
     assert (own / "thesis.txt").read_text() == "three years of work"
     assert _snapshot(holder) == before
+
+
+def test_odd_targets_are_refused_before_the_merge(exported, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The run's own base folder as --merged (an export there would sit the adapter on weights that already hold
+    it), `--merged .`, a --merged or --gguf under a file, a --gguf that is a folder: one line, nothing written."""
+    import shutil
+
+    run, _ = exported
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "export.json").write_text("{}")  # as if it were itself an earlier export
+    on_base = make_run(base, tmp_path / "on-base")
+    before = _snapshot(base)
+    capsys.readouterr()
+    message = _exit_message(capsys, ["--run", str(on_base), "--merged", str(base), "--overwrite"])
+    assert "the run's base model" in message
+    assert _snapshot(base) == before
+    monkeypatch.chdir(run)  # a non-empty folder that is the run itself
+    assert "--merged" in _exit_message(capsys, ["--run", str(run), "--merged", "."])
+    (tmp_path / "afile").write_text("mine")
+    assert "is a file, not a folder" in _exit_message(
+        capsys, ["--run", str(run), "--merged", str(tmp_path / "afile" / "m")])
+    assert "is a file, not a folder" in _exit_message(
+        capsys, ["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "afile" / "x.gguf")])
+    (tmp_path / "d.gguf").mkdir()
+    assert "is a folder" in _exit_message(
+        capsys, ["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "d.gguf"), "--overwrite"])
+    assert not (tmp_path / "m").exists() and (tmp_path / "afile").read_text() == "mine"

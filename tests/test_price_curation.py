@@ -135,3 +135,20 @@ def test_curate_row_directly():
     assert cur.curate_amazon_row(dict(raw, price="—")) == (None, "no price")
     assert cur.curate_amazon_row(dict(raw, title=None)) == (None, "no title")
 
+
+
+def test_an_amazon_file_read_for_training_drops_duplicates_keeps_line_numbers_and_stops_on_bad_bytes(tmp_path):
+    from apps.price_predictor.task import TASK
+    from shared.data import DataError
+
+    lines = FIXTURE.read_bytes().splitlines(keepends=True)
+    path = tmp_path / "meta.jsonl"
+    path.write_bytes(b"".join(lines + lines))  # every item twice
+    report = DataReport()
+    rows = TASK.read(str(path), report)
+    assert len(rows) == 4 and report.dropped["duplicate"] == 4  # as in a plain file
+    once = [row.line for row in TASK.read(str(FIXTURE), DataReport())]
+    assert [row.line for row in rows] == once and max(once) > len(once)  # the file's own line numbers
+    path.write_bytes(b"".join(lines) + b'{"title": "Caf\xe9 grinder"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=rf"line {len(lines) + 1}: not valid UTF-8 \(byte 0xe9"):
+        TASK.read(str(path), DataReport())

@@ -383,3 +383,19 @@ def test_baselines_never_write_their_results_over_an_input(tmp_path, capsys, mon
     assert data.read_bytes() == before
     baselines.main(["--data", str(data), "--holdout-last", "4", "--json", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text())
+
+
+def test_a_price_run_with_fewer_than_two_training_rows_is_refused_before_loading(tmp_path, capsys):
+    """The read-out (fitted after training) and the text baseline need two prices: refused before the model
+    loads, not after minutes of training."""
+    from shared.cli import train_main
+
+    from .conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "one.jsonl", [{"title": "Kettle", "description": "Steel.", "price": 30}])
+    with pytest.raises(SystemExit) as e:
+        train_main(TASK, ["--data", str(data), "--data.valid", str(data), "--model", str(tmp_path / "no-model"),
+                          "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "needs at least 2" in err and str(data) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

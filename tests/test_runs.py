@@ -552,3 +552,34 @@ def test_a_stop_while_translate_streams_exits_cleanly(finished, signum, code):
     assert proc.wait(timeout=60) == code, err
     assert "Traceback" not in err and "Aborted" not in err
     assert err.strip().splitlines()[-1] == f"stopped ({'Ctrl-C' if code == 130 else 'SIGTERM'})"
+
+
+def test_text_that_is_not_utf8_is_one_line_naming_where(finished, capsys, monkeypatch):
+    """Bytes that are not UTF-8 reach Python from stdin or argv as surrogates, which the tokenizer rejects with
+    a TypeError after the model has loaded: checked before, in one line."""
+    import io
+
+    from apps.price_predictor import predict
+    from apps.translator import translate
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Fine.\nCaf\udce9 is open.\n"))
+    message = cli_error(capsys, lambda: translate.main(["--run", str(finished)]))
+    assert message.startswith("error: stdin, line 2:") and "not valid UTF-8 (byte 0xe9 at character 4)" in message
+    message = cli_error(capsys, lambda: predict.main(["--run", str(finished), "--title", "caf\udce9"]))
+    assert message.startswith("error: --title:") and "byte 0xe9" in message
+
+
+def test_a_run_still_training_points_to_its_checkpoints_not_to_resume(finished, tmp_path, capsys):
+    import shutil
+
+    from apps.translator import translate
+
+    run = tmp_path / "training now"  # a space: the printed commands must still paste
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "adapter")
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "status": "running"}))
+    with runs.RunLock(run):  # as the training holds it
+        message = cli_error(capsys, lambda: translate.main(["--run", str(run), "Hello."]))
+    assert "is still training" in message and "--checkpoint last" in message and "--resume" not in message
+    message = cli_error(capsys, lambda: translate.main(["--run", str(run), "Hello."]))  # a training that died
+    assert f"--output-dir '{run}' --resume" in message

@@ -29,7 +29,7 @@ from collections import deque
 from itertools import islice
 from pathlib import Path
 
-from shared.data import DataReport, Unreadable
+from shared.data import DataError, DataReport, Unreadable
 
 MIN_PRICE, MAX_PRICE = 0.5, 999.49
 MIN_CHARS = 300            # scrubbed text shorter than this is dropped ("too little text")
@@ -220,36 +220,48 @@ def curate_amazon_row(raw: dict, category: str | None = None) -> tuple[dict | No
 
 
 def _json_objects(path: Path):
-    """Yield the parsed object, or None for a line that is not a JSON object, for each non-blank line; BOM and
-    CRLF tolerated."""
-    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
-        for line in f:
-            line = line.strip().lstrip("\ufeff")
+    """Yield (line number, the parsed object or None for a line that is not a JSON object) for each non-blank
+    line; BOM and CRLF tolerated, bytes that are not UTF-8 a DataError naming the line (replacing them would
+    put "\ufffd" in titles without a word)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip().lstrip("\ufeff")
+            except UnicodeDecodeError as e:
+                raise DataError(path, n, "", f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "re-save the file as UTF-8") from None
             if not line:
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 obj = None
-            yield obj if isinstance(obj, dict) else None
+            yield n, obj if isinstance(obj, dict) else None
 
 
 def read_amazon_meta(path, report: DataReport | None = None, category: str | None = None, limit: int = 0,
                      last: int = 0) -> list[dict]:
+    """The items of `amazon_rows`, without their line numbers."""
+    return [item for _, item in amazon_rows(path, report, category, limit, last)]
+
+
+def amazon_rows(path, report: DataReport | None = None, category: str | None = None, limit: int = 0,
+                last: int = 0) -> list[tuple[int, dict]]:
     """Curated items from an Amazon Reviews 2023 metadata JSONL file, counted in `report` as read_rows counts a
     plain file. limit: only the first N rows (non-blank lines) of the file; last: only the last N rows; 0 reads
-    all. Blank lines are not rows; a line that is not a JSON object is counted as "bad json"."""
+    all. Blank lines are not rows; a line that is not a JSON object is counted as "bad json". Each item comes
+    with its line number in the file."""
     report = report if report is not None else DataReport()
     objects = islice(_json_objects(Path(path)), limit or None)
     if last:  # a bounded queue keeps memory flat on a metadata file of millions of lines
         objects = deque(objects, maxlen=last)
     items = []
-    for obj in objects:
+    for n, obj in objects:
         report.rows_read += 1
         item, reason = curate_amazon_row(obj, category) if obj is not None else (None, REASON_BAD_JSON)
         if item is None:
             report.drop(reason)
             continue
-        items.append(item)
+        items.append((n, item))
     report.files.append(str(path))
     return items

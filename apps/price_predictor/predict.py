@@ -24,8 +24,11 @@ def main(argv=None):
     def work():
         title = check_text(args.title, "title", MAX_TITLE_CHARS)
         description = check_text(args.description, "description", MAX_DESCRIPTION_CHARS, required=False)
-        if title.error:
+        if not title.text:
             raise ConfigError("--title is empty: give the product's title")
+        for flag, checked in (("--title", title), ("--description", description)):
+            if checked.error:
+                raise ConfigError(f"{flag}: {checked.error}")
         for note in title.notes + description.notes:
             log(note)
         run = find_run(TASK, args)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from shared import runs
 from shared.cli import find_run, run_cli, run_parser
+from shared.config import ConfigError
 from shared.data import DataReport, Row
 from shared.generate import load_run, prompt_states
 from shared.log import log
@@ -65,7 +66,7 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
 
     x = np.asarray(train_x, dtype=np.float64)
     if len(x) < 2:
-        raise ValueError(f"the read-out needs at least 2 training rows, got {len(x)}")
+        raise ConfigError(f"the read-out needs at least 2 training rows, got {len(x)}")
     mean, scale = x.mean(0), x.std(0) + 1e-6
     y = np.log1p(np.asarray(train_prices, dtype=np.float64))
     models = {a: Ridge(alpha=a).fit((x - mean) / scale, y) for a in ALPHAS}

@@ -14,9 +14,9 @@ from .curation import (
     MAX_PRICE,
     MIN_PRICE,
     REASON_OUT_OF_RANGE,
+    amazon_rows,
     in_price_range,
     price_from_text,
-    read_amazon_meta,
 )
 
 QUESTION = "How much does this cost to the nearest dollar?"
@@ -121,6 +121,7 @@ class PriceTask(Task):
               Field("category", required=False), Field("price", kind=float, drop_bad=True, parse=price_from_text)]
     configs_dir = Path(__file__).parent / "configs"
     require_stable_prefix = True  # training refuses to start if the tokenizer merges across "$"
+    min_train_rows = 2  # the hidden-state read-out (fitted after training) and the text baseline need two prices
     metric_name = "mae"  # mean absolute error in dollars, an unparsed answer counting as $0
     greater_is_better = False
 
@@ -130,8 +131,15 @@ class PriceTask(Task):
     def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
                  drop_duplicates: bool = True) -> list[Row]:
         if looks_like_amazon(source):
-            items = read_amazon_meta(source, report, limit=limit, last=last)
-            return [Row(item, source, i + 1) for i, item in enumerate(items)]
+            rows, seen = [], set()
+            for line, item in amazon_rows(source, report, limit=limit, last=last):
+                key = tuple(sorted(item.items()))
+                if drop_duplicates and key in seen:  # as read_rows drops them from a plain file
+                    report.drop("duplicate")
+                    continue
+                seen.add(key)
+                rows.append(Row(item, source, line))
+            return rows
         rows = read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
         kept = [row for row in rows if in_price_range(row["price"])]
         report.drop(f"{REASON_OUT_OF_RANGE} [{MIN_PRICE}, {MAX_PRICE}]", len(rows) - len(kept))

@@ -32,10 +32,14 @@ def main(argv=None):
         p.error(f"--beams {args.beams}: give 1 (greedy) or more")
 
     def work():
-        sentences = [" ".join(args.text)] if args.text else [line for line in sys.stdin if line.strip()]
-        checked = [check_text(s, "English text", MAX_CHARS) for s in sentences]
-        if not checked or any(c.error for c in checked):
+        lines = [("the text", " ".join(args.text))] if args.text else [
+            (f"stdin, line {n}", line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        checked = [check_text(s, "English text", MAX_CHARS) for _, s in lines]
+        if not any(c.text for c in checked):
             raise ConfigError("no English text given: pass it as an argument or one sentence per line on stdin")
+        for (where, _), c in zip(lines, checked):
+            if c.error:  # checked before the model loads
+                raise ConfigError(f"{where}: {c.error}")
         model, tokenizer, fmt, cfg = load_run(find_run(TASK, args))
         gen = cfg.generate if args.beams is None else dataclasses.replace(cfg.generate, num_beams=args.beams)
         for sentence in checked:
