@@ -390,9 +390,12 @@ def _parse_yaml(path: Path, text: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; pass a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"--config {path} is not a regular file (a pipe?); save the config to a file and pass "
+                          "that" if path.exists() else f"config file not found: {path}")
     tree = _parse_yaml(path, _read_config_text(path))
     flat = flatten(tree if tree is not None else {}, str(path))
     for key, value in flat.items():  # validate now so the error names the file

@@ -502,7 +502,13 @@ def conversation(raw: dict, fmt: str) -> tuple[str | None, str, str]:
         return _alpaca(raw)
     if fmt == "openai":
         return _one_exchange(_turns(raw, "messages", "role", "content"), "messages")
-    return _one_exchange(_turns(raw, "conversations", "from", "value"), "conversations")
+    system, user, assistant = _one_exchange(_turns(raw, "conversations", "from", "value"), "conversations")
+    found, beside = _get(raw, "system")  # LLaMA-Factory's ShareGPT rows carry the system prompt beside the turns
+    if system is None and found and beside is not None:
+        if not isinstance(beside, str) or not beside.strip():
+            raise _BadRow("system", f"expected the system prompt as text, got {beside!r:.40}")
+        system = beside.strip()
+    return system, user, assistant
 
 
 def _chat_to_columns(raw: dict, fmt: str, roles: dict, file_fmt_line: int) -> dict:
@@ -510,7 +516,8 @@ def _chat_to_columns(raw: dict, fmt: str, roles: dict, file_fmt_line: int) -> di
     if detect_format(raw) != fmt:
         needs = {"openai": ["messages"], "sharegpt": ["conversations"], "alpaca": ["instruction", "output"]}[fmt]
         key = next((k for k in needs if not _get(raw, k)[0]), None)
-        where = f"this file is in {CHAT_FORMATS[fmt]} format (detected from line {file_fmt_line}), and every row must be"
+        where = (f"this file is in {CHAT_FORMATS[fmt]} format (detected from line {file_fmt_line}), and all rows of a "
+                 "file must be in one format: put the others in a file of their own")
         if key is None:
             raise _BadRow(needs[0], f"this row is in {CHAT_FORMATS[detect_format(raw)]} format; {where}")
         raise _BadRow(key, f"is missing; {where}")
@@ -563,15 +570,20 @@ def check_limits(limit: int, last: int) -> None:
             raise ConfigError(f"--{name} must be 0 (all rows) or more, got {value}")
 
 
-def _missing(source: str, line: int, raw: dict, f: Field, names: str) -> DataError:
+def _missing(source: str, line: int, raw: dict, f: Field, names: str, reads_chat: bool = False) -> DataError:
     hint = f" (also accepted: {', '.join(f.aliases)})" if f.aliases else ""
     fmt = detect_format(raw)
-    chat = f" This is a {CHAT_FORMATS[fmt]} row, which this product does not read." if fmt != "columns" else ""
+    chat = ""
+    if fmt != "columns":
+        chat = (f" This is a {CHAT_FORMATS[fmt]} row in a file of columns (the first row decides): put chat rows in "
+                "a file of their own." if reads_chat else f" This is a {CHAT_FORMATS[fmt]} row, which this product "
+                "does not read.")
     return DataError(source, line, f.name, f"is missing{hint}; the row has: "
                                            f"{', '.join(map(str, raw)) or 'nothing'}. Expected: {names}.{chat}")
 
 
-def _values(source: str, line: int, raw: dict, fields: list[Field], report: DataReport | None) -> dict | None:
+def _values(source: str, line: int, raw: dict, fields: list[Field], report: DataReport | None,
+            reads_chat: bool = False) -> dict | None:
     """The row's clean values, or None when a drop_bad field drops it (counted); DataError for a bad row."""
     names = ", ".join(f.name if f.required else f"{f.name} (optional)" for f in fields)
     values = {}
@@ -584,7 +596,7 @@ def _values(source: str, line: int, raw: dict, fields: list[Field], report: Data
                 if report is not None:
                     report.drop(f"{f.name}: is missing")
                 return None
-            raise _missing(source, line, raw, f, names)
+            raise _missing(source, line, raw, f, names, reads_chat)
         if not f.required and (value is None or (isinstance(value, str) and not value.strip())):
             values[f.name] = None  # an optional field may be present but empty
             continue
@@ -629,7 +641,7 @@ def read_rows(source: str, fields: list[Field], report: DataReport | None = None
                 raw = _chat_to_columns(raw, fmt, chat_roles, first_line)
             except _BadRow as e:
                 raise DataError(source, line, e.field, e.problem) from None
-        values = _values(source, line, raw, fields, report)
+        values = _values(source, line, raw, fields, report, reads_chat=chat_roles is not None)
         if values is None:
             continue
         key = tuple(values.get(f.name) for f in fields)

@@ -57,6 +57,7 @@ def test_detect_format(raw, fmt):
     (sharegpt_row("Hi.", "안녕.", "S"), "sharegpt", ("S", "Hi.", "안녕.")),
     ({"conversations": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "안녕."}]}, "sharegpt",
      (None, "Hi.", "안녕.")),
+    ({**sharegpt_row("Hi.", "안녕."), "system": " S "}, "sharegpt", ("S", "Hi.", "안녕.")),  # LLaMA-Factory's form
     (alpaca_row("Hi.", "안녕."), "alpaca", (None, "Translate into Korean.\n\nHi.", "안녕.")),
     ({"instruction": "Translate: Hi.", "input": "", "output": "안녕."}, "alpaca", (None, "Translate: Hi.", "안녕.")),
     ({"instruction": "Translate: Hi.", "output": "안녕.", "system": "S", "history": []}, "alpaca",
@@ -129,7 +130,8 @@ def test_a_chat_row_that_does_not_fit_names_file_line_and_field(tmp_path, row, f
 
 @pytest.mark.parametrize("second, field, problem", [
     ({"en": "Bye.", "ko": "안녕히."}, "messages",
-     "is missing; this file is in openai messages format (detected from line 1), and every row must be"),
+     "is missing; this file is in openai messages format (detected from line 1), and all rows of a file must be "
+     "in one format: put the others in a file of their own"),
     (sharegpt_row("Bye.", "안녕히."), "messages", "is missing"),
 ])
 def test_every_row_of_a_file_has_the_format_of_its_first(tmp_path, second, field, problem):
@@ -137,6 +139,12 @@ def test_every_row_of_a_file_has_the_format_of_its_first(tmp_path, second, field
     with pytest.raises(DataError) as e:
         TASK.read(str(path))
     assert (e.value.line, e.value.field) == (2, field) and problem in e.value.problem
+
+
+def test_a_chat_row_in_a_file_of_columns_is_told_to_go_in_a_file_of_its_own(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"en": "Hello.", "ko": "안녕하세요."}, openai_row("Bye.", "안녕히.")])
+    with pytest.raises(DataError, match="openai messages row in a file of columns .* a file of their own"):
+        TASK.read(str(path))
 
 
 def test_alpaca_row_without_output_in_an_alpaca_file(tmp_path):
