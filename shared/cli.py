@@ -120,7 +120,8 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
             cli[key] = value
     if args.resume:
         root = runs.runs_root(cli.get("output.runs_root"))
-        run_dir = Path(cli["output.dir"]).expanduser() if cli.get("output.dir") else runs.latest_run(root, task.name)
+        folder = cli.get("output.dir")
+        run_dir = Path(folder).expanduser() if folder else runs.latest_run(root, task.name)
         if run_dir is None:
             raise ConfigError(f"--resume: no latest {task.name} run under {root}; pass --output-dir DIR of an "
                               "earlier run")
@@ -210,6 +211,7 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
         if runs.is_main_process():  # once, not once per process under accelerate launch
             if after is not None:
                 after(out)
-            print(f"\nDone. Run folder: {out}\nEvaluate it:  {task.command('evaluate')} --run {shlex.quote(str(out))}")
+            print(f"\nDone. Run folder: {out}\n"
+                  f"Evaluate it:  {task.command('evaluate')} --run {shlex.quote(str(out))}")
 
     run_cli(main)
