@@ -185,6 +185,17 @@ def _trainer_class():
             models.release_free_memory()  # what building the trainer freed (measured: 48 MB, float32 on a CPU)
             return super().train(*args, **kwargs)
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            # Resumed with more steps than the run started with: the optimizer holds the rate where the old
+            # schedule ended (0 at the end of a linear decay) for one step; the schedule of the new length, which
+            # the scheduler already follows, takes over from the first resumed step instead.
+            scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # under accelerate's wrapper
+            if checkpoint is not None and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                    group["lr"] = base * factor(scheduler.last_epoch)
+                scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what gets logged
+
         def _run_epoch(self, *args, **kwargs):
             # Resumed from a checkpoint of the last step where that step ends mid-epoch (max_steps, or 1.2 epochs):
             # transformers checks for the end only after a step, so it would train one step past the end.
@@ -645,7 +656,13 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
         # Still inside: a stop while evaluating or writing adapter/ marks the run too (the last checkpoint holds
         # every step, so --resume only redoes this part).
         if has_eval:
+            scored = {h["step"] for h in trainer.state.log_history if "eval_loss" in h}
             run.record.eval_loss = trainer.evaluate().get("eval_loss")
+            # The kept weights' score is a point of the curve only when they are the last step's and that step
+            # has none yet: a best checkpoint's, drawn at the last step, would be a false point of the curve.
+            kept_last = not trainer.args.load_best_model_at_end and trainer.state.global_step not in scored
+            if not kept_last and "eval_loss" in trainer.state.log_history[-1]:
+                trainer.state.log_history.pop()
         _save_weights(trainer, tokenizer, run.weights_dir, run.is_full)
     except KeyboardInterrupt:
         run.record.status, run.record.loss_curve = "interrupted", _curve(trainer.state.log_history)

@@ -190,7 +190,9 @@ def test_best_checkpoint_by_the_product_metric_becomes_the_adapter(tiny_model_di
     run_dir = train(TASK, cfg, tmp_path / "run", "t")
     record = runs.Run.load(run_dir).record
     points = [p for p in record.loss_curve if "eval_chrf" in p]
-    assert [(p["step"], p["eval_chrf"]) for p in points[:3]] == [(1, 10.0), (2, 30.0), (3, 20.0)]
+    # one point per step: the kept checkpoint's second measurement is the run's eval_loss, not a step-3 point
+    assert [(p["step"], p["eval_chrf"]) for p in points] == [(1, 10.0), (2, 30.0), (3, 20.0)]
+    assert record.eval_loss == next(p["eval_loss"] for p in points if p["step"] == 2)
     assert calls[0] == 4 and all("eval_loss" in p for p in points)  # 4 sampled rows generated on
     assert record.train["best_checkpoint"].endswith("checkpoint-2") and record.train["best_value"] == 30.0
     best = {"step": 2}

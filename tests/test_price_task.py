@@ -42,6 +42,8 @@ def test_metrics_on_known_values():
     m = price_metrics([100.0, 10.0, 200.0, 50.0], [110.0, 60.0, None, 50.0])
     assert m["mae"] == pytest.approx((10 + 50 + 200 + 0) / 4)
     assert m["hit_rate"] == 0.5 and m["unparsed"] == 1 and m["n"] == 4
+    cheap = price_metrics([30.0, 20.0], [None, None])  # $0 is within $40 of both: still not a hit
+    assert cheap["hit_rate"] == 0.0 and cheap["mae"] == 25.0
     import math
     expected = math.sqrt(((math.log1p(110) - math.log1p(100)) ** 2 + (math.log1p(60) - math.log1p(10)) ** 2
                           + (math.log1p(0) - math.log1p(200)) ** 2) / 4)

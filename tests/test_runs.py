@@ -583,3 +583,20 @@ def test_a_run_still_training_points_to_its_checkpoints_not_to_resume(finished, 
     assert "is still training" in message and "--checkpoint last" in message and "--resume" not in message
     message = cli_error(capsys, lambda: translate.main(["--run", str(run), "Hello."]))  # a training that died
     assert f"--output-dir '{run}' --resume" in message
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule_at_once(tiny_model_dir, data, tmp_path):
+    """Resumed to 4 steps from a finished 2-step run (linear decay, no warmup): the optimizer held the old
+    schedule's last rate, 0, and step 3 trained at it; it must train at the 4-step schedule's rate."""
+    run = tmp_path / "run"
+    from safetensors.torch import load_file
+
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 2, "--train.scheduler", "linear"))
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 3, "--train.scheduler", "linear", "--resume",
+                              "--train.save_steps", "1"))
+    two, three = (load_file(run / "checkpoints" / f"checkpoint-{n}" / "adapter_model.safetensors") for n in (2, 3))
+    assert any(not torch.equal(two[k], three[k]) for k in two)  # step 3 moved the weights: not a rate of 0
+    train_main(TASK, cli_args(tiny_model_dir, data, run, 4, "--train.scheduler", "linear", "--resume"))
+    rates = {p["step"]: p["learning_rate"] for p in runs.Run.load(run).record.loss_curve if "learning_rate" in p}
+    lr = json.loads((run / "run.json").read_text())["config"]["train"]["lr"]
+    assert rates[3] == pytest.approx(lr * 1 / 3) and rates[4] == pytest.approx(lr * 1 / 4)

@@ -44,7 +44,7 @@ def scatter(truth: list[float], predictions: list[float | None], title: str, pat
     import matplotlib.pyplot as plt
 
     preds = [p if p is not None else 0.0 for p in predictions]
-    colours = ["tab:green" if is_hit(t, p) else "tab:red" for t, p in zip(truth, preds)]
+    colours = ["tab:green" if p is not None and is_hit(t, p) else "tab:red" for t, p in zip(truth, predictions)]
     top = max([*truth, *preds, 1.0]) * 1.05
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.scatter(truth, preds, c=colours, s=10, alpha=0.7)
