@@ -120,6 +120,7 @@ def test_other_decoding_sits_beside_and_a_base_score_is_never_dropped(finished, 
     aside = [p for p in (run / "eval").iterdir() if p.name.startswith("test-first2.replaced-")]
     assert len(aside) == 1 and "base" in json.loads((aside[0] / "metrics.json").read_text())
     assert "base" not in json.loads((run / "eval" / "test-first2" / "metrics.json").read_text())
+    assert all(row["base"] is None for row in runs.Run.load(run).read_eval("test-first2")[1])  # not "": unscored
     assert f"moved to {aside[0]}" in capsys.readouterr().err
 
 

@@ -153,8 +153,10 @@ def _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, te
         row["finetuned_candidates"] = [[text, round(score, 4)] for text, score in cands]
     for row, value in zip(rows, test_read or []):
         row["readout"] = round(value, 2)
-    for row, value, ridge_value in zip(rows, blended or [], test_ridge):
-        row["ridge"], row["ensemble"] = round(ridge_value, 2), round(value, 2)
+    for row, ridge_value in zip(rows, test_ridge):  # scored in the table with or without an ensemble
+        row["ridge"] = round(ridge_value, 2)
+    for row, value in zip(rows, blended or []):
+        row["ensemble"] = round(value, 2)
     return rows
 
 

@@ -79,8 +79,8 @@ def page():
         st.caption(f"{metrics.get('data', '')} · BLEU {signature.get('bleu', '')}")
         if examples:
             st.subheader("Test examples")
-            st.dataframe(pd.DataFrame(examples[:8])[["source", "reference", "base", "finetuned"]],
-                         hide_index=True, width="stretch")
+            shown = pd.DataFrame(examples[:8])[["source", "reference", "base", "finetuned"]]
+            st.dataframe(shown.dropna(axis=1, how="all"), hide_index=True, width="stretch")  # no base: --no-base
     else:
         st.info("This run has not been evaluated yet:")
         st.code(demo.evaluate_command(run), language="bash")

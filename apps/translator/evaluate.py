@@ -35,7 +35,7 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
     p = evaluation.predict_both(TASK, plan, with_base, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
-    base = [clean_translation(x) for x in p.base] if p.base is not None else [""] * len(refs)
+    base = [clean_translation(x) for x in p.base] if p.base is not None else [None] * len(refs)  # not scored
     metrics = {**evaluation.metrics_head(plan, p), "timings": p.timings, "finetuned": score(tuned, refs)}
     if p.base is not None:
         metrics["base"] = score(base, refs)
