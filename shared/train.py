@@ -666,6 +666,7 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
         _save_weights(trainer, tokenizer, run.weights_dir, run.is_full)
     except KeyboardInterrupt:
         run.record.status, run.record.loss_curve = "interrupted", _curve(trainer.state.log_history)
+        _end_session(run, trainer, checkpoint, time.time() - t0, "interrupted")
         if main:
             run.save()
         log(f"interrupted at step {trainer.state.global_step}. Resume from the last checkpoint with:\n"
@@ -673,6 +674,7 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
         raise
     except BaseException as e:
         run.record.status, run.record.error = "failed", f"{e.__class__.__name__}: {e}"[:500]
+        _end_session(run, trainer, checkpoint, time.time() - t0, "failed")
         if main:
             run.save()
         raise
@@ -681,12 +683,24 @@ def fit(task: Task, trainer, run: runs.Run, tokenizer, resume: bool, has_eval: b
     return result, checkpoint, train_s
 
 
+def _steps_since(trainer, checkpoint: str | None) -> int:
+    return max(0, trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0))
+
+
+def _end_session(run: runs.Run, trainer, checkpoint: str | None, train_s: float, status: str) -> None:
+    """One entry of run.json's history per training session, stopped ones too: a resumed run's record then
+    accounts for every session (train.* and timings describe the last one)."""
+    run.record.history = run.record.history + [{"started": run.record.started, "resumed_from": checkpoint,
+                                                "steps": _steps_since(trainer, checkpoint),
+                                                "train_s": round(train_s, 1), "status": status}]
+
+
 def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s: float, train_ds,
              t_start: float) -> None:
     """Record what the training did, plot the loss, and only then mark the run completed."""
     rec = run.record
     tokens = sum(len(x) for x in train_ds["input_ids"])
-    steps_done = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
+    steps_done = _steps_since(trainer, checkpoint)
     rec.timings.update(train_s=round(train_s, 1), total_s=round(time.time() - t_start, 1))
     rec.train = {"global_step": trainer.state.global_step, "steps_this_session": steps_done,
                  "epochs": round(trainer.state.epoch or 0, 3), "train_loss": result.training_loss,
@@ -695,8 +709,7 @@ def complete(cfg: RunConfig, run: runs.Run, trainer, result, checkpoint, train_s
                  "kept": cfg.train.keep, "best_checkpoint": trainer.state.best_model_checkpoint,
                  "best_value": trainer.state.best_metric}
     rec.loss_curve = _curve(trainer.state.log_history)
-    rec.history = rec.history + [{"started": rec.started, "resumed_from": checkpoint, "steps": steps_done,
-                                  "train_s": round(train_s, 1)}]
+    _end_session(run, trainer, checkpoint, train_s, "completed")
     rec.status, rec.finished = "completed", time.strftime("%Y-%m-%d %H:%M:%S")
     if runs.is_main_process():
         plot_loss(rec.loss_curve, run.path / "loss.png")

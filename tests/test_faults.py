@@ -260,6 +260,9 @@ def test_a_real_signal_mid_run_then_resume_matches(tiny_model_dir, pairs, refere
     train(TASK, _cfg(tiny_model_dir, pairs, run), run, "t", resume=True)
     assert record(run)["resumed_from"].endswith("checkpoint-2")
     assert_same_run(run, reference)
+    # both sessions in the record: the stopped one (from step 0, stopped in step 3) and the resumed one
+    assert [(h["status"], h["resumed_from"] is None) for h in record(run)["history"]] == [
+        ("interrupted", True), ("completed", False)]
 
 
 def test_disk_full_while_writing_a_checkpoint_then_resume(tiny_model_dir, pairs, reference, tmp_path, monkeypatch):
