@@ -371,9 +371,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
-            seen.add(key)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key (a list): PyYAML's own check below names it
+                pass
         return super().construct_mapping(node, deep)
 
 
