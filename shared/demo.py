@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import runs
-from .config import GenerateSettings
+from .config import ConfigError, GenerateSettings
 
 # What `python -m apps.<product>.demo` passes to `streamlit run`: loopback only and no usage statistics, wherever
 # it is started from (a .streamlit/config.toml is read only from the folder streamlit starts in).
@@ -193,7 +193,6 @@ def serve(page) -> None:
 
     import streamlit as st
 
-    from .config import ConfigError
     from .data import DataError
 
     try:
@@ -239,8 +238,8 @@ def pick_run(task) -> runs.Run:
     if not choices:
         page_no_run(task.name, root, task.command("train"))
     name = st.sidebar.selectbox("Run", list(choices), index=0,
-                                format_func=lambda n: n if choices[n].finished else
-                                f"{n} ({choices[n].record.status}: checkpoints)",
+                                format_func=lambda n: n if choices[n].finished else f"{n} ({_state(choices[n])}: "
+                                                                                    "checkpoints)",
                                 help=f"finished runs under {root / task.name}, and those still training or "
                                      "stopped that kept a checkpoint")
     return choices[name]
@@ -276,6 +275,13 @@ def evaluate_command(run: runs.Run) -> str:
     return f"{run.command('evaluate')} --run {shlex.quote(str(run.path))}{picked}"
 
 
+def _state(run: runs.Run) -> str:
+    """A run without its final weights: 'running' only while a training holds it (a killed one still says
+    running in run.json)."""
+    status = run.record.status
+    return "stopped" if status == "running" and not run.in_training() else status
+
+
 def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
     """Sidebar choice among the run's evaluations (those of the weights in use first, then the run's own test
     file first): (name, metrics, rows)."""
@@ -286,7 +292,16 @@ def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
     def other_weights(name: str) -> bool:  # entries written before weights were recorded are the final weights'
         return run.record.evaluations[name].get("weights", final) != run.weights_name
 
-    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), n != run.eval_name("test"), n))
+    try:
+        own_test = run.config().data.test
+    except ConfigError:  # a config this version cannot read: its evaluations are still listed
+        own_test = ""
+
+    def of_other_file(name: str) -> bool:  # test-first3-beams1 is the run's own test file too
+        data = run.record.evaluations[name].get("data", "")
+        return not (own_test and data and runs.same_file(data, own_test))
+
+    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), of_other_file(n), n))
     if not names:
         return None, None, []
     if other_weights(names[0]):

@@ -493,6 +493,11 @@ def test_a_stopped_run_is_offered_with_its_checkpoints(checkpoint_root, tmp_path
     assert not at.exception
     run_box = _selectbox(at, "Run")
     assert run_box.format_func(run_box.value) == "stopped (interrupted: checkpoints)"
+    # a training killed hard (SIGKILL) leaves "running" in run.json: only a held lock means it still trains
+    (stopped / "run.json").write_text(json.dumps({**record, "status": "running", "evaluations": {}}))
+    assert demo._state(runs.Run.load(stopped)) == "stopped"
+    with runs.RunLock(stopped):
+        assert demo._state(runs.Run.load(stopped)) == "running"
     assert _selectbox(at, "Weights").value == "checkpoint-2"
     assert "has not been evaluated yet" in _texts(at) and "--checkpoint 2" in _texts(at)
     at.text_area(key="english").input("Where is the station?")

@@ -102,7 +102,7 @@ def page():
                 if chosen:
                     keep &= frame["category"].isin(chosen)
                 columns = [c for c in ("title", "category", "price", "finetuned", "error", "finetuned_hit", "base")
-                           if c in frame]
+                           if c in frame and frame[c].notna().any()]  # no base column after --no-base
                 st.dataframe(frame.loc[keep, columns], hide_index=True, width="stretch",
                              column_config={"price": st.column_config.NumberColumn("truth $", format="%.2f"),
                                             "finetuned": st.column_config.NumberColumn("fine-tuned $", format="%.2f"),
