@@ -301,7 +301,8 @@ def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
         data = run.record.evaluations[name].get("data", "")
         return not (own_test and data and runs.same_file(data, own_test))
 
-    names = sorted(run.record.evaluations, key=lambda n: (other_weights(n), of_other_file(n), n))
+    names = sorted((n for n in run.record.evaluations if run.eval_dir(n).is_dir()),  # not one whose folder is gone
+                   key=lambda n: (other_weights(n), of_other_file(n), n))
     if not names:
         return None, None, []
     if other_weights(names[0]):
@@ -309,4 +310,8 @@ def pick_eval(run: runs.Run) -> tuple[str | None, dict | None, list[dict]]:
     name = st.sidebar.selectbox("Evaluation", names, index=0,
                                 format_func=lambda n: f"{n} ({run.record.evaluations[n].get('data', '')})",
                                 help="the test file whose scores and predictions are shown")
-    return (name, *run.read_eval(name))
+    try:
+        return (name, *run.read_eval(name))
+    except ConfigError as e:  # a damaged evaluation: said here, and the page's model stays usable
+        st.sidebar.error(f"{e}. Evaluate again to replace it: `{evaluate_command(run)}`")
+        return name, None, []

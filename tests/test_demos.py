@@ -505,3 +505,23 @@ def test_a_stopped_run_is_offered_with_its_checkpoints(checkpoint_root, tmp_path
     assert not at.exception
     expected = _expected(demo.load(stopped, "checkpoint-2"), "Where is the station?", use_base=False)
     assert at.session_state["history"][0]["fine-tuned"] == expected
+
+
+def test_a_damaged_or_deleted_evaluation_leaves_the_page_usable(checkpoint_root, tmp_path, monkeypatch):
+    """A cut-short metrics.json of the evaluation shown first is one line in the sidebar, and the model can
+    still be used; an evaluation whose folder was deleted is not offered."""
+    import shutil
+
+    run = tmp_path / "runs" / "translator" / "damaged"
+    shutil.copytree(checkpoint_root / "translator" / "ckpt-translator", run)
+    shutil.rmtree(run / "eval" / "test-first3-checkpoint-1")
+    metrics = run / "eval" / "test-first3" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:40])
+    monkeypatch.setenv(runs.RUNS_ENV, str(tmp_path / "runs"))
+    at = _app(TRANSLATOR_PAGE).run()
+    assert not at.exception
+    assert [o.split()[0] for o in _selectbox(at, "Evaluation").options] == ["test-first3"]
+    assert any(str(metrics) in e.value and "Evaluate again" in e.value for e in at.sidebar.error)
+    at.text_area(key="english").input("Where is the station?")
+    at.button[0].click().run()
+    assert not at.exception
