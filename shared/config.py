@@ -332,17 +332,23 @@ def apply(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def flatten(tree: dict, source: str) -> dict[str, Any]:
-    """Turn {'lora': {'r': 8}} into {'lora.r': 8}; unknown shapes raise ConfigError naming the source."""
+def flatten(tree: dict, source: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """Turn {'lora': {'r': 8}} into {'lora.r': 8}; unknown shapes raise ConfigError naming the source (and the
+    line, given `lines` from `key_lines`)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    lines = lines or {}
     flat = {}
     for key, value in tree.items():
+        where = f"{source}: line {lines[key]}" if key in lines else source
         if value is None and key in SECTIONS:  # `lora:` with all its keys commented out
             continue
+        if key in SECTIONS and not isinstance(value, dict):  # `lora: 16` would otherwise be an "unknown key"
+            raise ConfigError(f"{where}: section '{key}' must hold its keys indented below it (for example "
+                              f"'{key}:' then '  {dataclasses.fields(SECTIONS[key])[0].name}: ...'), got {value!r}")
         if isinstance(value, dict):
             if key not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section '{key}'. Sections: {', '.join(SECTIONS)}")
+                raise ConfigError(f"{where}: unknown section '{key}'. Sections: {', '.join(SECTIONS)}")
             for sub, v in value.items():
                 flat[f"{key}.{sub}"] = v
         else:
@@ -392,6 +398,23 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
 
 
+def key_lines(text: str) -> dict[str, int]:
+    """The line of each top-level key and each 'section.key' in a YAML text, so an error about a value can point
+    at it; {} where the text does not compose (the parser's own error names the line then)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            lines.setdefault(str(key.value), key.start_mark.line + 1)
+            if isinstance(value, yaml.MappingNode):
+                for sub, _ in value.value:
+                    lines.setdefault(f"{key.value}.{sub.value}", sub.start_mark.line + 1)
+    return lines
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if path.is_dir():
@@ -399,13 +422,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path} is not a regular file (a pipe?); save the config to a file and pass "
                           "that" if path.exists() else f"config file not found: {path}")
-    tree = _parse_yaml(path, _read_config_text(path))
-    flat = flatten(tree if tree is not None else {}, str(path))
-    for key, value in flat.items():  # validate now so the error names the file
+    text = _read_config_text(path)
+    tree = _parse_yaml(path, text)
+    lines = key_lines(text)
+    flat = flatten(tree if tree is not None else {}, str(path), lines)
+    for key, value in flat.items():  # validate now so the error names the file and the line
         try:
             coerce(key, value, deep=True)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: line {lines[key]}: {e}" if key in lines else f"{path}: {e}") from None
     return flat
 
 

@@ -461,15 +461,38 @@ def _load_error(cfg: ModelConfig, kind: str, where: str, e: Exception) -> Config
     return ConfigError(f"could not load model '{cfg.name}' from {where} ({e.__class__.__name__}: {first})")
 
 
+def _sample(weight: torch.Tensor, rows: int = 4, cols: int = 16) -> list[float]:
+    return [round(float(x), 6) for x in weight.detach()[:rows, :cols].float().flatten().cpu()]
+
+
+def _body_sample(model, layers: int | None) -> dict[str, list[float]]:
+    """A few values of each projection of the last layer (under a LoRA wrapper, its base weight), by the
+    projection's name: a merged export keeps its base's embeddings but not the projections its adapter
+    trained. Quantized weights (4-bit ones are packed bytes, not values) are left out."""
+    if not layers:
+        return {}
+    marker = f".layers.{layers - 1}."
+    out = {}
+    for name, module in model.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if marker not in name or not short.endswith("_proj"):
+            continue
+        weight = getattr(getattr(module, "base_layer", module), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() == 2:
+            out[short] = _sample(weight, 2, 8)
+    return out
+
+
 def fingerprint(model) -> dict:
-    """What identifies a base model's weights cheaply: its architecture and a few input-embedding values.
-    Saved in run.json at training time, so loading the adapter on another base can be refused."""
+    """What identifies a base model's weights cheaply: its architecture, a few input-embedding values and a few
+    of the last layer's. Saved in run.json at training time, so loading the adapter on another base can be
+    refused."""
     conf = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     weight = model.get_input_embeddings().weight
-    sample = weight.detach()[:4, :16].float().flatten().cpu()
     return {"model_type": conf.model_type, "vocab_size": int(weight.shape[0]), "hidden_size": int(weight.shape[1]),
             "layers": getattr(conf, "num_hidden_layers", None),
-            "embedding_sample": [round(float(x), 6) for x in sample]}
+            "embedding_sample": _sample(weight),
+            "body_sample": _body_sample(model, getattr(conf, "num_hidden_layers", None))}
 
 
 # Architectures that hold the same weights in another projection layout. Unsloth loads Phi-3 from its own copy
@@ -492,6 +515,13 @@ def same_base(saved: dict, current: dict) -> str | None:
     a, b = torch.tensor(saved["embedding_sample"]), torch.tensor(current["embedding_sample"])
     if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-2, atol=1e-3):
         return "same architecture, different weights"
+    # a run recorded before body samples, or on a 4-bit base, has none; fused and split layouts share o/down_proj
+    saved_body, current_body = saved.get("body_sample") or {}, current.get("body_sample") or {}
+    for name in sorted(saved_body.keys() & current_body.keys()):
+        a, b = torch.tensor(saved_body[name]), torch.tensor(current_body[name])
+        # bf16 against float32 loading differs by at most half a bf16 step (0.2%); a merged adapter by more
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=5e-3, atol=1e-6):
+            return f"same architecture, different weights in the last layer's {name}: a merged model?"
     return None
 
 

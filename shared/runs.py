@@ -178,6 +178,10 @@ class RunRecord:
         for name, kind in (("config", dict), ("commands", dict), ("evaluations", dict), ("history", list)):
             if not isinstance(getattr(record, name), kind):
                 raise ConfigError(f"{path}: run record field '{name}' is not a {kind.__name__}; it is damaged")
+        for name, entry in record.evaluations.items():
+            if not isinstance(entry, dict):  # read with .get() by the demos and evaluate
+                raise ConfigError(f"{path}: run record evaluation '{name}' is not a mapping ({entry!r}); it is "
+                                  f"damaged. Delete that entry, or evaluate again to rewrite it")
         if record.status not in STATUSES:
             raise ConfigError(f"{path}: run record status {record.status!r} is not one of {', '.join(STATUSES)}")
         return record

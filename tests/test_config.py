@@ -46,11 +46,15 @@ def test_wrong_types_are_named(args, message):
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_steps: many\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: config key 'train.max_steps' expects int"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: line 2: config key 'train.max_steps' expects int"):
         load_yaml(bad)
     (tmp_path / "b2.yaml").write_text("trainer:\n  lr: 1\n")
-    with pytest.raises(ConfigError, match="unknown section 'trainer'"):
+    with pytest.raises(ConfigError, match="b2.yaml: line 1: unknown section 'trainer'"):
         load_yaml(tmp_path / "b2.yaml")
+    (tmp_path / "b3.yaml").write_text("# mine\ntrain:\n  lr: 1.0e-4\nlora: 16\n")
+    with pytest.raises(ConfigError, match="b3.yaml: line 4: section 'lora' must hold its keys indented below it "
+                                          r"\(for example 'lora:' then '  r: ...'\), got 16"):
+        load_yaml(tmp_path / "b3.yaml")
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])

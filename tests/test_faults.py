@@ -495,6 +495,22 @@ def test_adapter_on_another_base_is_refused(capsys, run_on_copy):
         assert "was trained on another base model" in line and "different weights" in line, name
 
 
+def test_adapter_on_its_own_merged_export_as_base_is_refused(capsys, tiny_model_dir, pairs, tmp_path):
+    from shared import export
+
+    base, run = tmp_path / "base", tmp_path / "run"
+    shutil.copytree(tiny_model_dir, base)
+    # a few steps at a high rate, so that the adapter is far from its zero start and the merge changes weights
+    train(TASK, _cfg(base, pairs, run, **{"train.max_steps": 4, "train.lr": 1e-2, "train.warmup_ratio": 0.0}), run, "t")
+    merged = tmp_path / "merged"
+    export.main(["--run", str(run), "--merged", str(merged)])
+    shutil.rmtree(base)
+    shutil.copytree(merged, base)  # the embeddings are the base's, the projections carry the adapter already
+    for name, entry in _entry_points(run).items():
+        line = cli_error(capsys, entry)
+        assert "was trained on another base model" in line and "a merged model?" in line, name
+
+
 def test_adapter_on_another_architecture_is_refused(capsys, run_on_copy):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -423,6 +423,7 @@ DAMAGE = {
     "bad status": lambda text: json.dumps({**json.loads(text), "status": "done?"}),
     "config not a mapping": lambda text: json.dumps({**json.loads(text), "config": [1, 2]}),
     "unknown config key": lambda text: json.dumps({**json.loads(text), "config": {"lora": {"rank": 2}}}),
+    "evaluation not a mapping": lambda text: json.dumps({**json.loads(text), "evaluations": {"test": 5}}),
 }
 
 
