@@ -252,6 +252,15 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, s
     range from a few tokens to the whole budget, so most of that work was thrown away.
 
     Returns each row's new tokens, the stop token included, as model.generate does."""
+    if processors:  # they index the logits by token id: full rows
+        return _greedy_loop(model, ids, mask, max_new_tokens, stops, ends, processors, None)
+    with vocab.compact_logits(model) as limited:
+        return _greedy_loop(model, ids, mask, max_new_tokens, stops, ends, processors, limited)
+
+
+def _greedy_loop(model, ids, mask, max_new_tokens, stops, ends, processors, limited) -> list[list[int]]:
+    """_greedy, with `limited` as in `_search` (argmax over the limited columns picks the token the full row's
+    argmax picks: every other token's logit is -1e4, and ids are sorted, so ties break the same way)."""
     stop, lengths = set(stops), mask.sum(-1)
     logits, cache = _prefill(model, ids, mask)
     answers: list[list[int]] = [[] for _ in range(ids.shape[0])]
@@ -259,6 +268,8 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, s
     seqs = ids  # prompt + answer so far per alive row: what the logits processors read
     for step in range(max_new_tokens):
         token = (processors(seqs, logits.float()) if processors else logits).argmax(-1)
+        if limited is not None:
+            token = limited.ids[token]
         seqs = torch.cat([seqs, token[:, None]], dim=-1)
         going = []
         for i, t in zip(alive.tolist(), token.tolist()):
@@ -463,24 +474,35 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
 
     lines: `line_tables` of the tokenizer, to end an answer also at its first line break after some text (the
     break's token is kept in the answer, as greedy decoding with `AnswerEnds` keeps it)."""
+    with vocab.compact_logits(model) as limited:
+        return _search(model, ids, mask, width, max_new_tokens, stops, lines, limited)
+
+
+def _search(model, ids, mask, width, max_new_tokens, stops, lines, limited):
+    """_beams, with `limited` the output layer when it returns its own tokens' columns only (then column j is
+    token limited.ids[j]: the search runs over those columns, the answers hold token ids)."""
     dev, n_prompts = ids.device, ids.shape[0]
     stop = torch.tensor(stops, device=dev)
     keep = max(2, 1 + len(stops)) * width
     lengths = mask.sum(-1)  # real prompt tokens per row: the next position after the prompt
     logits, cache = _prefill(model, ids, mask)
     log_probs = torch.log_softmax(logits.float(), dim=-1)
+    token_of = limited.ids if limited is not None else None
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_prompts)]
     alive = torch.arange(n_prompts, device=dev)  # prompts still searching, in row order
     history = torch.empty((n_prompts, 1, 0), dtype=torch.long, device=dev)  # running beams' answer tokens
     scores = torch.zeros((n_prompts, 1), device=dev)  # running beams' log-probabilities (one beam before step 0)
     texted = torch.zeros((n_prompts, 1), dtype=torch.bool, device=dev)  # running beams with visible text so far
     if lines is not None:
-        breaks, leads, visible = (_padded(t, log_probs.shape[-1]).to(dev) for t in lines)
+        size = log_probs.shape[-1] if limited is None else limited.weight.shape[0]
+        breaks, leads, visible = (_padded(t, size).to(dev) for t in lines)
     for step in range(max_new_tokens):
         beams_now, vocab = log_probs.shape[0] // len(alive), log_probs.shape[-1]
         total = (scores[:, :, None] + log_probs.view(len(alive), beams_now, vocab)).view(len(alive), -1)
         top, flat = torch.topk(total, keep, dim=-1)
         beam, token = flat // vocab, flat % vocab
+        if token_of is not None:
+            token = token_of[token]
         ends = torch.isin(token, stop) | (step == max_new_tokens - 1)
         texted = texted.gather(1, beam)  # the parent beam's, per continuation
         if lines is not None:

@@ -56,6 +56,37 @@ def test_limited_output_layer_equals_the_full_one_on_its_tokens(tiny_model_cfg):
         assert torch.allclose(model.get_output_embeddings()(hidden), full, atol=1e-5)
 
 
+def test_decoding_over_the_limited_columns_equals_decoding_over_full_rows(tiny_model_cfg, monkeypatch):
+    import contextlib
+
+    from shared.generate import candidates, stop_ids
+
+    model, tok, fmt = _load(tiny_model_cfg)
+    ids = sorted(set(range(0, len(tok), 2)) | {tok.convert_tokens_to_ids("\n")} | set(stop_ids(tok, fmt)))
+    vocab.limit_output_layer(model, ids)
+    settings = [GenerateSettings(max_new_tokens=12, batch_size=3, num_beams=beams, beam_pick=pick)
+                for beams, pick in ((1, "score"), (3, "score"), (3, "consensus"))]
+    compacted = []
+    real = vocab.compact_logits
+
+    @contextlib.contextmanager
+    def spy(model):
+        with real(model) as layer:
+            compacted.append(layer is not None)
+            yield layer
+
+    monkeypatch.setattr(vocab, "compact_logits", spy)
+    columns = [generate(model, tok, fmt, PROMPTS, gen) for gen in settings]
+    found = candidates(model, tok, fmt, PROMPTS, 3, 6, batch_size=2)
+    assert compacted and all(compacted)
+    monkeypatch.setattr(vocab, "compact_logits", lambda model: contextlib.nullcontext())  # full rows, -1e4 outside
+    assert columns == [generate(model, tok, fmt, PROMPTS, gen) for gen in settings]
+    rows = candidates(model, tok, fmt, PROMPTS, 3, 6, batch_size=2)
+    assert [[text for text, _ in c] for c in found] == [[text for text, _ in c] for c in rows]
+    assert all(abs(a - b) < 1e-4 for c, d in zip(found, rows) for (_, a), (_, b) in zip(c, d))
+    assert any(a for a in columns[0])
+
+
 def test_loss_over_the_output_vocabulary(tiny_model_cfg):
     model, tok, _ = _load(tiny_model_cfg)
     torch.manual_seed(0)
