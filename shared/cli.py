@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from . import runs
-from .config import (ConfigError, anchor_data_paths, apply, changed_on_resume, describe_keys, load_yaml,
+from .config import (ConfigError, anchor_data_paths, apply, changed_on_resume, coerce, describe_keys, load_yaml,
                      parse_overrides, resolve, validate)
 from .data import DataError
 from .models import resolve_profile
@@ -108,7 +108,20 @@ def decoding_overrides(args: argparse.Namespace) -> dict:
     """Generation settings given on an evaluate command line (unset ones keep the run's config)."""
     keys = ("batch_size", "repetition_penalty", "no_repeat_ngram_size", "max_new_tokens", "num_beams",
             "loop_guard", "first_line", "beam_pick")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    for key, value in out.items():  # the ranges of the generate.* settings, checked before the model loads
+        try:
+            coerce(f"generate.{key}", value)
+        except ConfigError as e:
+            flag = "--beams" if key == "num_beams" else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{flag} {value}: {str(e).split('; ', 1)[-1]}") from None
+    return out
+
+
+def _folder(path: str) -> Path:
+    """An --output-dir as an absolute path: ~ as the shell makes it, '.' and '..' resolved (moving the old run
+    aside renames the folder by its name, which '.' does not have); links are kept."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
@@ -121,7 +134,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     if args.resume:
         root = runs.runs_root(cli.get("output.runs_root"))
         folder = cli.get("output.dir")
-        run_dir = Path(folder).expanduser() if folder else runs.latest_run(root, task.name)
+        run_dir = _folder(folder) if folder else runs.latest_run(root, task.name)
         if run_dir is None:
             raise ConfigError(f"--resume: no latest {task.name} run under {root}; pass --output-dir DIR of an "
                               "earlier run")
@@ -151,7 +164,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     cfg.profile = profile
     anchor_data_paths(cfg)
     cfg.output.runs_root = str(runs.runs_root(cfg.output.runs_root))  # recorded as resolved
-    cfg.output.dir = str(Path(cfg.output.dir).expanduser()) if cfg.output.dir else ""  # ~ as the shell makes it
+    cfg.output.dir = str(_folder(cfg.output.dir)) if cfg.output.dir else ""
     run_dir = Path(cfg.output.dir) if cfg.output.dir else runs.new_run_dir(cfg.output.runs_root, task.name,
                                                                            cfg.model.name)
     return cfg, run_dir, reason

@@ -71,12 +71,18 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     weights (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
     loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
-    source = data or cfg.data.test
+    # absolute: the index in run.json must name the same file from whatever folder it is read, and a file of
+    # the same name in another folder must not replace this one's results
+    source = str(Path(data).expanduser().absolute()) if data else cfg.data.test
     if not source:
         raise ConfigError(f"run {loaded.path} names no test file (data.test); pass --data FILE")
-    rows = task.read(source, DataReport(), limit=limit, last=last, drop_duplicates=False)
+    report = DataReport()
+    rows = task.read(source, report, limit=limit, last=last, drop_duplicates=False)
     if not rows:
         raise ConfigError(f"{source}: no usable rows to evaluate")
+    if report.dropped:  # rows the task cannot score (no price, out of range, empty text) are said, not hidden
+        log(f"{source}: {sum(report.dropped.values())} rows not scored ("
+            + ", ".join(f"{reason}: {n}" for reason, n in report.dropped.items()) + ")")
     name = runs.eval_name(source, cfg.data.test)
     if limit or last:  # the scores of part of a file never replace those of the whole file
         name += f"-first{limit}" if limit else f"-last{last}"

@@ -401,3 +401,25 @@ def test_a_price_run_with_fewer_than_two_training_rows_is_refused_before_loading
     err = capsys.readouterr().err
     assert e.value.code == 2 and "needs at least 2" in err and str(data) in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_rows_evaluate_cannot_score_are_counted_not_hidden(tmp_path, capsys):
+    import dataclasses
+
+    from shared import evaluation, runs
+    from shared.config import resolve
+
+    train = tmp_path / "train.csv"
+    train.write_text("title,description,price\nKettle,Steel.,24.99\nLamp,Desk.,12.00\n")
+    run = runs.Run.create(tmp_path / "run", "price_predictor",
+                          dataclasses.asdict(resolve(cli={"data.train": str(train)})), {}, status="completed")
+    run.save()
+    (run.path / "adapter").mkdir()
+    (run.path / "adapter" / "adapter_config.json").write_text("{}")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("title,description,price\nKettle,Steel.,$24.99\nLamp,Desk.,N/A\nMug,Blue.,$7.50\n"
+                    "Rug,Wool.,-5\nDrill,Cordless.,\"$1,299.00\"\n")
+    plan = evaluation.plan(TASK, str(run.path), data=str(mine))
+    err = capsys.readouterr().err
+    assert len(plan.rows) + int(err.split(" rows not scored")[0].rsplit(" ", 1)[-1]) == 5, err
+    assert f"{mine}: " in err and "rows not scored (" in err

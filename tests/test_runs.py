@@ -63,7 +63,7 @@ def test_custom_runs_root_then_evaluate_latest(finished, monkeypatch, capsys):
     evaluate.main(["--run", "latest", "--limit", "2", "--no-base"])
 
 
-def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
+def test_two_test_files_are_kept_side_by_side(finished, data, capsys, monkeypatch):
     from apps.translator import evaluate
 
     evaluate.main(["--run", str(finished), "--no-base"])
@@ -93,6 +93,12 @@ def test_two_test_files_are_kept_side_by_side(finished, data, capsys):
     assert runs.Run.load(finished).record.evaluations.keys() == again.keys()  # the same file: replaced in place
     assert test_metrics["data"] == str(data) and other_metrics["data"].endswith("other.jsonl")
     assert run.record.evaluations["other"]["summary"]["finetuned"]["chrf"] == other_metrics["finetuned"]["chrf"]
+    # the same relative name typed in two folders: two files, both evaluations kept, each recorded absolute
+    for folder in ("a", "b"):
+        monkeypatch.chdir(data.parent / folder)
+        evaluate.main(["--run", str(finished), "--data", "other.jsonl", "--limit", "2", "--no-base"])
+    entries = [e for n, e in runs.Run.load(finished).record.evaluations.items() if n.startswith("other-first2")]
+    assert sorted(e["data"] for e in entries) == sorted(str(data.parent / f / "other.jsonl") for f in ("a", "b"))
 
 
 def test_other_decoding_sits_beside_and_a_base_score_is_never_dropped(finished, tmp_path, capsys):
@@ -304,7 +310,7 @@ def test_a_finished_run_is_not_replaced_without_asking(finished, tiny_model_dir,
     assert snapshot(finished) == before
 
 
-def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path):
+def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path, monkeypatch):
     run = tmp_path / "elsewhere" / "run"
     train_main(TASK, cli_args(tiny_model_dir, data, run, 2))
     before = snapshot(run)
@@ -313,6 +319,12 @@ def test_overwrite_moves_the_old_run_aside(tiny_model_dir, data, tmp_path):
     assert len(aside) == 1 and snapshot(aside[0]) == before  # renamed, byte for byte
     assert runs.Run.load(run).finished
     assert not (tmp_path / runs.LATEST).exists() and not (run.parent / runs.LATEST).exists()  # outside the root
+    # typed from inside the run: '.' is the run's folder
+    before = snapshot(run)
+    monkeypatch.chdir(run)
+    train_main(TASK, cli_args(tiny_model_dir, data, ".", 2, "--overwrite"))
+    aside = [p for p in run.parent.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 2 and before in [snapshot(p) for p in aside] and runs.Run.load(run).finished
 
 
 @pytest.mark.parametrize("extra", [("--model", "/no/such/model"), ("--model.max_length", "3")])
@@ -476,11 +488,19 @@ def test_a_run_of_another_product_is_refused(finished, capsys):
     (["--limit", "-3"], "--limit must be 0 or more"),
     (["--last", "-1"], "--last must be 0 or more"),
     (["--limit", "2", "--last", "2"], "cannot be combined"),
+    (["--batch-size", "0"], "--batch-size 0: it must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: it must be >= 1"),
+    (["--repetition-penalty", "-1"], "--repetition-penalty -1.0: it must be > 0"),
+    (["--no-repeat-ngram-size", "-2"], "--no-repeat-ngram-size -2: it must be >= 0"),
 ])
-def test_counts_are_checked(finished, argv, message, capsys):
+def test_counts_are_checked(finished, argv, message, capsys, monkeypatch):
     from apps.translator import evaluate
+    from shared import evaluation
 
+    monkeypatch.setattr(evaluation, "load_run", lambda *a, **k: pytest.fail("loaded a model for a bad setting"))
+    before = snapshot(finished)
     assert message in cli_error(capsys, lambda: evaluate.main(["--run", str(finished), *argv]))
+    assert snapshot(finished) == before
 
 
 def test_empty_input_is_refused_before_loading(finished, capsys, monkeypatch):
