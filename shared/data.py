@@ -313,7 +313,9 @@ def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     # strict: a quote that is never closed is an error, not a cell that swallows the rest of the file
     first = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(path, first), strict=True)
+    delimiter = _delimiter(path, first)
+    quoting = _tab_quoting(text, first) if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True, quoting=quoting)
     sep_line = path.suffix.lower() == ".csv" and _SEP_LINE.fullmatch(first.strip())
     rows, header, end = [], None, 0
     try:
@@ -330,8 +332,31 @@ def _read_delimited(path: Path, text: str) -> list[tuple[int, dict]]:
     except csv.Error as e:
         hint = ": a quoted cell that starts on this line is never closed (a missing \")" \
             if "end of data" in str(e) else ""
-        raise DataError(path, end + 1, "", f"not valid CSV ({e}){hint}") from None
+        kind = "tab-separated text" if delimiter == "\t" else "CSV"
+        raise DataError(path, end + 1, "", f"not valid {kind} ({e}){hint}") from None
     return rows
+
+
+def _tab_quoting(text: str, first: str) -> int:
+    """How a tab-separated file quotes: plain TSV has no quoting at all, so a cell such as `"Stop," he said.`
+    or `"안녕하세요."` is text, quotes included; a file written by a CSV writer with a tab delimiter (pandas
+    `to_csv(sep="\t")`, Excel) quotes a cell that holds a quote (doubled inside), a tab or a line break, or
+    every cell; Excel quotes one that holds a comma. CSV quoting is read only where the file shows it: a quoted
+    header, a doubled quote, a quoted cell that holds a tab, a line break or a comma."""
+    if '"' not in text:
+        return csv.QUOTE_MINIMAL  # nothing to decide
+    if first.lstrip().startswith('"') or '""' in text:
+        return csv.QUOTE_MINIMAL
+    try:
+        quoted = [len(cells) for cells in csv.reader(io.StringIO(text), delimiter="\t", strict=True)]
+    except csv.Error:
+        return csv.QUOTE_NONE  # a quote inside a cell, as plain text has them
+    plain = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if quoted != [len(cells) for cells in plain]:
+        return csv.QUOTE_MINIMAL
+    # Excel's tab-delimited export quotes a cell that holds a comma: "Yes, please"
+    excel = any(len(c) > 1 and c[0] == c[-1] == '"' and "," in c for cells in plain for c in cells)
+    return csv.QUOTE_MINIMAL if excel else csv.QUOTE_NONE
 
 
 def _cells_to_row(path: Path, header: list[str], cells: list[str], start: int) -> dict:

@@ -47,6 +47,22 @@ def test_tsv_and_csv_errors_have_lines(tmp_path):
     assert (e.value.line, e.value.field) == (3, "ko")
 
 
+@pytest.mark.parametrize("text, expected", [
+    # plain TSV has no quoting: quotes are part of the text
+    ('en\tko\n"Stop," he said.\t"멈춰"라고 그가 말했습니다.\n', ('"Stop," he said.', '"멈춰"라고 그가 말했습니다.')),
+    ('en\tko\n"Hello."\t"안녕하세요."\nI like tea.\t저는 차를 좋아합니다.\n', ('"Hello."', '"안녕하세요."')),
+    # written by a CSV writer with a tab delimiter (pandas to_csv(sep="\t")): its quoting is read
+    ('en\tko\n"""Stop,"" he said."\t"""멈춰""라고 그가 말했습니다."\n', ('"Stop," he said.', '"멈춰"라고 그가 말했습니다.')),
+    ('"en"\t"ko"\n"Hello."\t"안녕하세요."\n', ('Hello.', '안녕하세요.')),
+    ('en\tko\n"Two\nlines."\t"두\t줄."\n', ('Two\nlines.', '두\t줄.')),
+])
+def test_tab_separated_quotes_are_text_unless_the_file_quotes_csv_style(tmp_path, text, expected):
+    path = tmp_path / "pairs.tsv"
+    path.write_text(text, encoding="utf-8")
+    row = read_rows(str(path), FIELDS)[0]
+    assert (row["en"], row["ko"]) == expected
+
+
 def test_duplicates_dropped_and_counted_limit_applies(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"en":"a","ko":"b"}\n{"en":"a","ko":"b"}\n{"en":"c","ko":"d"}\n{"en":"e","ko":"f"}\n')

@@ -591,6 +591,17 @@ def test_text_that_is_not_utf8_is_one_line_naming_where(finished, capsys, monkey
     assert message.startswith("error: --title:") and "byte 0xe9" in message
 
 
+def test_translate_keeps_one_output_line_per_input_line(finished, capsys, monkeypatch):
+    import io
+
+    from apps.translator import translate
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello.\n\n   \nThank you.\n"))
+    translate.main(["--run", str(finished), "--beams", "1"])
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 5 and lines[1] == lines[2] == "" and lines[4] == ""  # 4 lines, each ended by a break
+
+
 def test_a_run_still_training_points_to_its_checkpoints_not_to_resume(finished, tmp_path, capsys):
     import shutil
 

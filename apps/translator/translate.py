@@ -33,16 +33,20 @@ def main(argv=None):
 
     def work():
         lines = [("the text", " ".join(args.text))] if args.text else [
-            (f"stdin, line {n}", line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
-        checked = [check_text(s, "English text", MAX_CHARS) for _, s in lines]
-        if not any(c.text for c in checked):
+            (f"stdin, line {n}", line) for n, line in enumerate(sys.stdin, 1)]
+        # a blank line gives a blank line, so that output line N translates input line N (paste in.txt out.txt)
+        checked = [check_text(s, "English text", MAX_CHARS) if s.strip() else None for _, s in lines]
+        if not any(c and c.text for c in checked):
             raise ConfigError("no English text given: pass it as an argument or one sentence per line on stdin")
         for (where, _), c in zip(lines, checked):
-            if c.error:  # checked before the model loads
+            if c and c.error:  # checked before the model loads
                 raise ConfigError(f"{where}: {c.error}")
         model, tokenizer, fmt, cfg = load_run(find_run(TASK, args))
         gen = cfg.generate if args.beams is None else dataclasses.replace(cfg.generate, num_beams=args.beams)
         for sentence in checked:
+            if sentence is None or not sentence.text:
+                print(flush=True)
+                continue
             for note in sentence.notes:
                 log(note)
             sentence = sentence.text
