@@ -700,6 +700,12 @@ def _row_key(row: Row) -> tuple:
     return tuple(sorted(row.values.items(), key=lambda kv: kv[0]))
 
 
+def overlap(rows: list[Row], others: list[Row]) -> int:
+    """How many of `rows` (test rows) are also among `others` (training rows), field for field."""
+    seen = {_row_key(r) for r in others}
+    return sum(_row_key(r) in seen for r in rows)
+
+
 def drop_duplicates_across(parts: list[list[Row]], report: DataReport) -> list[list[Row]]:
     """A row that repeats one of an earlier file is a duplicate too (each file is already free of its own)."""
     seen, out = set(), []

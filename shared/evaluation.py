@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import runs
 from .config import ConfigError, RunConfig
-from .data import DataReport, Row
+from .data import DataError, DataReport, Row, overlap
 from .generate import base_model, generate, load_run
 from .log import log
 from .task import Task
@@ -83,6 +83,7 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     if report.dropped:  # rows the task cannot score (no price, out of range, empty text) are said, not hidden
         log(f"{source}: {sum(report.dropped.values())} rows not scored ("
             + ", ".join(f"{reason}: {n}" for reason, n in report.dropped.items()) + ")")
+    _warn_overlap(task, cfg, source, rows)
     name = runs.eval_name(source, cfg.data.test)
     if limit or last:  # the scores of part of a file never replace those of the whole file
         name += f"-first{limit}" if limit else f"-last{last}"
@@ -91,6 +92,18 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     if earlier and not runs.same_file(earlier.get("data", ""), source):  # another file with the same name
         name = runs.path_tagged(name, source)
     return EvalPlan(loaded, cfg, source, name, rows)
+
+
+def _warn_overlap(task: Task, cfg: RunConfig, source: str, rows: list[Row]) -> None:
+    """Say so when rows to score are also in the run's training file (a --last N holdout of a file with repeated
+    rows, a test split that shares a row with the training split): their scores flatter the model."""
+    try:
+        trained = task.read(cfg.data.train, DataReport(), limit=cfg.data.limit, drop_duplicates=False)
+    except (ConfigError, DataError, OSError):  # the training file moved or changed: not this check's to report
+        return
+    if n := overlap(rows, trained):
+        log(f"{source}: {n} of the {len(rows)} rows to score are also in the run's training data "
+            f"({cfg.data.train}): their scores flatter the model")
 
 
 ALL = "all"  # --checkpoint all: every kept checkpoint, then the final weights

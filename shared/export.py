@@ -85,6 +85,7 @@ def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     check_merged_target(Path(args.merged), run, args.overwrite, runs.runs_root(args.runs_root))
     converter = None
     if args.gguf:
+        check_gguf_target(Path(args.gguf), run)
         converter = gguf_export.preflight(Path(args.gguf), (run.record.base_model or {}).get("model_type"),
                                           args.overwrite)
     token = None
@@ -97,6 +98,17 @@ def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
             raise ConfigError("--push-to-hub: no Hugging Face token found. Set HF_TOKEN (a write token) or run "
                               "`hf auth login`; or drop --push-to-hub")
     return run, converter, token
+
+
+def check_gguf_target(gguf: Path, run: runs.Run) -> None:
+    """--gguf (even with --overwrite) is never the run's local base model (a .gguf file, or a file in its
+    folder) nor a file of the run."""
+    base = Path(run.config().model.name).expanduser()
+    if base.exists() and runs.contains(base.resolve(), gguf):
+        raise ConfigError(f"--gguf {gguf} is the run's base model {base}; replacing it would change what the "
+                          "run's weights sit on. Pick another file name.")
+    if gguf.exists() and runs.contains(run.path, gguf):
+        raise ConfigError(f"--gguf {gguf} is a file of the run {run.path}; pick a file name outside the run")
 
 
 def check_merged_target(out: Path, run: runs.Run, overwrite: bool, root: Path) -> None:

@@ -51,7 +51,16 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _replace(tmp, path)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """os.replace, leaving no temporary file behind where it fails (the target is a folder, say)."""
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: str | Path, what: str = "file") -> dict:
@@ -83,7 +92,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    _replace(tmp, path)
 
 
 def contains(outer: Path, inner: Path) -> bool:

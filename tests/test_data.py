@@ -251,3 +251,18 @@ def test_a_row_two_weighted_files_share_stays_with_the_heavier_file(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", rows[:6])  # holds a's three rows too
     assert len(TASK.read(f"{a},{b}", DataReport(), weights=[0, 1])) == 6
     assert len(TASK.read(f"{a},{b}", DataReport(), weights=[1, 3])) == 18  # b's rows three times, shared ones too
+
+
+@pytest.mark.parametrize("product", ["translator", "price_predictor"])
+def test_shipped_splits_share_no_row(product):
+    """A test row that is also a training row flatters every score measured on it."""
+    import importlib
+    from pathlib import Path
+
+    from shared.data import overlap
+
+    task = importlib.import_module(f"apps.{product}.task").TASK
+    folder = Path(__file__).parent.parent / "data" / product
+    train, valid, test = (task.read(str(folder / f"{name}.jsonl"), DataReport(), drop_duplicates=False)
+                          for name in ("train", "valid", "test"))
+    assert overlap(test, train) == overlap(valid, train) == overlap(test, valid) == 0

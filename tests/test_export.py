@@ -219,4 +219,13 @@ def test_odd_targets_are_refused_before_the_merge(exported, tiny_model_dir, tmp_
     (tmp_path / "d.gguf").mkdir()
     assert "is a folder" in _exit_message(
         capsys, ["--run", str(run), "--merged", str(tmp_path / "m"), "--gguf", str(tmp_path / "d.gguf"), "--overwrite"])
+    (base / "model.gguf").write_text("the base's weights")  # a base given as a .gguf file in that folder
+    assert "is the run's base model" in _exit_message(
+        capsys, ["--run", str(on_base), "--merged", str(tmp_path / "m"), "--gguf", str(base / "model.gguf"),
+                 "--overwrite"])
+    (on_base / "notes.gguf").write_text("a file of the run")
+    assert "is a file of the run" in _exit_message(
+        capsys, ["--run", str(on_base), "--merged", str(tmp_path / "m"), "--gguf", str(on_base / "notes.gguf"),
+                 "--overwrite"])
+    assert (base / "model.gguf").read_text() == "the base's weights"
     assert not (tmp_path / "m").exists() and (tmp_path / "afile").read_text() == "mine"

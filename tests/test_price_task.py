@@ -377,14 +377,24 @@ def test_baselines_never_write_their_results_over_an_input(tmp_path, capsys, mon
     data = write_jsonl(tmp_path / "items.jsonl", [{"title": f"Kettle {i}", "description": "Steel.", "price": 10 + i}
                                                   for i in range(12)])
     before = data.read_bytes()
-    for argv in (["--json", str(data)], ["--json", "./items.jsonl"], ["--json", str(tmp_path / "no" / "r.json")]):
+    (tmp_path / "out").mkdir()
+    for argv in (["--json", str(data)], ["--json", "./items.jsonl"], ["--json", str(tmp_path / "no" / "r.json")],
+                 ["--json", "out"]):
         with pytest.raises(SystemExit) as e:
             baselines.main(["--data", str(data), "--holdout-last", "4", *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and "Traceback" not in err and err.startswith("error: --json"), err
-    assert data.read_bytes() == before
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl", "out"]
     baselines.main(["--data", str(data), "--holdout-last", "4", "--json", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text())
+    assert "test rows are also training rows" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --test would be ignored
+        baselines.main(["--data", str(data), "--holdout-last", "4", "--test", str(data)])
+    assert "cannot be combined" in capsys.readouterr().err
+    # repeated rows in the file: the holdout shares them with the training rows, which is said
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", [json.loads(line) for line in data.read_text().splitlines()] * 2)
+    baselines.main(["--data", str(leaky), "--holdout-last", "4"])
+    assert "4 of the 4 test rows are also training rows" in capsys.readouterr().err
 
 
 def test_a_price_run_with_fewer_than_two_training_rows_is_refused_before_loading(tmp_path, capsys):
@@ -423,3 +433,4 @@ def test_rows_evaluate_cannot_score_are_counted_not_hidden(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(plan.rows) + int(err.split(" rows not scored")[0].rsplit(" ", 1)[-1]) == 5, err
     assert f"{mine}: " in err and "rows not scored (" in err
+    assert f"{mine}: 1 of the 2 rows to score are also in the run's training data ({train})" in err  # the kettle

@@ -12,12 +12,13 @@ from pathlib import Path
 from shared import runs
 from shared.cli import Parser, run_cli
 from shared.config import ConfigError
-from shared.data import DataReport, read_raw
+from shared.data import DataReport, overlap, read_raw
+from shared.log import log
 
 from .report import table
 from .task import TASK, price_metrics
 
-DEFAULT_TEST = "data/price_predictor/test.jsonl"
+DEFAULT_TRAIN, DEFAULT_TEST = "data/price_predictor/train.jsonl", "data/price_predictor/test.jsonl"
 
 
 def text_of(row) -> str:
@@ -55,7 +56,7 @@ def run_baselines(train_rows, test_rows, ridge=None) -> dict[str, dict]:
 def main(argv=None):
     p = Parser(prog="python -m apps.price_predictor.baselines", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/price_predictor/train.jsonl", help="training data (JSONL/CSV/Amazon)")
+    p.add_argument("--data", help="training data (JSONL/CSV/Amazon; default: the shipped training split)")
     p.add_argument("--test", help=f"test data (default: {DEFAULT_TEST}, or the held-out tail)")
     p.add_argument("--holdout-last", type=int, default=0, help="train on all but the last N rows, test on them")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -64,8 +65,14 @@ def main(argv=None):
     def work():
         from shared.config import PROJECT_ROOT
 
+        args.data = args.data or str(PROJECT_ROOT / DEFAULT_TRAIN)  # from any folder, as the default test is
         test = args.test or str(PROJECT_ROOT / DEFAULT_TEST)
+        if args.test and args.holdout_last:
+            raise ConfigError("--test and --holdout-last cannot be combined: --holdout-last tests on the last rows "
+                              "of --data")
         if args.json:  # checked before the minutes of fitting, and never one of the inputs
+            if Path(args.json).expanduser().is_dir():
+                raise ConfigError(f"--json {args.json} is a folder; give a file name for the results")
             for given in (args.data, test):
                 if Path(given).is_file() and runs.same_file(args.json, given):
                     raise ConfigError(f"--json {args.json} is the data file {given}; give the results another name")
@@ -81,6 +88,8 @@ def main(argv=None):
         else:
             train_rows = TASK.read(args.data, DataReport())
             test_rows = TASK.read(test, DataReport(), drop_duplicates=False)
+        if n := overlap(test_rows, train_rows):
+            log(f"{n} of the {len(test_rows)} test rows are also training rows: the scores flatter the baselines")
         results = run_baselines(train_rows, test_rows)
         print(f"train rows: {len(train_rows)}, test rows: {len(test_rows)}")
         print(table(results))

@@ -3,7 +3,8 @@
     python data/translator/make_splits.py
 
 The pairs in source/*.jsonl were written for this project (not taken from any corpus), one file per
-domain. The split is stratified by domain and seeded, so re-running it gives the same files.
+domain. The split is stratified by domain and seeded, so re-running it gives the same files. A pair that two
+domains share is kept once, so no test pair is also a training pair.
 """
 import json
 import random
@@ -22,8 +23,13 @@ def main() -> None:
         splits["test"] += rows[:n_test]
         splits["valid"] += rows[n_test:n_test + n_valid]
         splits["train"] += rows[n_test + n_valid:]
-    for name, rows in splits.items():
+    seen = set()  # a pair written twice (in two domains) is kept once: in test first, then valid, then train
+    for name in ("test", "valid", "train"):
+        rows = splits[name]
         random.Random(f"{SEED}-{name}").shuffle(rows)
+        kept = [r for r in rows if (r["en"], r["ko"]) not in seen and not seen.add((r["en"], r["ko"]))]
+        rows[:] = kept
+    for name, rows in splits.items():
         with (HERE / f"{name}.jsonl").open("w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps({"en": r["en"], "ko": r["ko"], "domain": r["domain"]}, ensure_ascii=False) + "\n")
