@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import runs
 from .config import ConfigError, RunConfig
-from .data import DataError, DataReport, Row, overlap
+from .data import DataError, DataReport, Row, overlap, split_sources
 from .generate import base_model, generate, load_run
 from .log import log
 from .task import Task
@@ -97,6 +97,8 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
 def _warn_overlap(task: Task, cfg: RunConfig, source: str, rows: list[Row]) -> None:
     """Say so when rows to score are also in the run's training file (a --last N holdout of a file with repeated
     rows, a test split that shares a row with the training split): their scores flatter the model."""
+    if not all(Path(s).expanduser().is_file() for s in split_sources(cfg.data.train) or [""]):
+        return  # a hub dataset (not fetched again for this) or a file that has moved
     try:
         trained = task.read(cfg.data.train, DataReport(), limit=cfg.data.limit, drop_duplicates=False)
     except (ConfigError, DataError, OSError):  # the training file moved or changed: not this check's to report
