@@ -71,9 +71,12 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     weights (`runs.Run.at_checkpoint`), into eval/<name>-checkpoint-N/ beside the final weights' eval/<name>/."""
     loaded = runs.find_run(run, task.name, runs_root, train_command=task.command("train"), checkpoint=checkpoint)
     cfg = loaded.config()
-    # absolute: the index in run.json must name the same file from whatever folder it is read, and a file of
-    # the same name in another folder must not replace this one's results
-    source = str(Path(data).expanduser().absolute()) if data else cfg.data.test
+    # a local file by its absolute path: the index in run.json must name the same file from whatever folder it is
+    # read, and a file of the same name in another folder must not replace this one's results (a hub dataset id
+    # stays as given)
+    source = cfg.data.test
+    if data:
+        source = str(Path(data).expanduser().absolute()) if Path(data).expanduser().exists() else data
     if not source:
         raise ConfigError(f"run {loaded.path} names no test file (data.test); pass --data FILE")
     report = DataReport()
