@@ -334,7 +334,7 @@ def apply(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 def flatten(tree: dict, source: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
     """Turn {'lora': {'r': 8}} into {'lora.r': 8}; unknown shapes raise ConfigError naming the source (and the
-    line, given `lines` from `key_lines`)."""
+    line, given `lines` from `_parse_yaml`)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     lines = lines or {}
@@ -386,9 +386,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse_yaml(path: Path, text: str) -> Any:
+def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[str, int]]:
+    """(the YAML's value, the line of each top-level key and each 'section.key'), from one parse."""
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), _key_lines(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -396,15 +399,13 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    finally:
+        loader.dispose()
 
 
-def key_lines(text: str) -> dict[str, int]:
-    """The line of each top-level key and each 'section.key' in a YAML text, so an error about a value can point
-    at it; {} where the text does not compose (the parser's own error names the line then)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
+def _key_lines(root) -> dict[str, int]:
+    """The line of each top-level key and each 'section.key' of a composed YAML document, so an error about a
+    value can point at it."""
     lines: dict[str, int] = {}
     if isinstance(root, yaml.MappingNode):
         for key, value in root.value:
@@ -422,9 +423,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path} is not a regular file (a pipe?); save the config to a file and pass "
                           "that" if path.exists() else f"config file not found: {path}")
-    text = _read_config_text(path)
-    tree = _parse_yaml(path, text)
-    lines = key_lines(text)
+    tree, lines = _parse_yaml(path, _read_config_text(path))
     flat = flatten(tree if tree is not None else {}, str(path), lines)
     for key, value in flat.items():  # validate now so the error names the file and the line
         try:

@@ -99,8 +99,12 @@ class DataReport:
                 "dropped": dict(self.dropped), "token_lengths": self.token_lengths, "checks": self.checks,
                 "formats": self.formats, "encodings": self.encodings}
 
+    def drops(self) -> str:
+        """The rows dropped, by reason: 'duplicate: 2, price: expected a number: 1' ('' for none)."""
+        return ", ".join(f"{k}: {v}" for k, v in self.dropped.items())
+
     def summary(self) -> str:
-        drops = ", ".join(f"{k}: {v}" for k, v in self.dropped.items()) or "none"
+        drops = self.drops() or "none"
         lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
         held = f", held out for validation {self.rows_held_out}" if self.rows_held_out else ""
         repeated = f", repeated by data.weights {self.rows_repeated}" if self.rows_repeated else ""
@@ -698,6 +702,19 @@ def split_sources(spec: str) -> list[str]:
 
 def _row_key(row: Row) -> tuple:
     return tuple(sorted(row.values.items(), key=lambda kv: kv[0]))
+
+
+def without_repeats(rows: list[Row], report: DataReport) -> list[Row]:
+    """rows without the repeats of an earlier row (field for field), each counted in report."""
+    seen, kept = set(), []
+    for row in rows:
+        key = _row_key(row)
+        if key in seen:
+            report.drop("duplicate")
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
 
 
 def overlap(rows: list[Row], others: list[Row]) -> int:

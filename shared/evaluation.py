@@ -74,9 +74,8 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     # a local file by its absolute path: the index in run.json must name the same file from whatever folder it is
     # read, and a file of the same name in another folder must not replace this one's results (a hub dataset id
     # stays as given)
-    source = cfg.data.test
-    if data:
-        source = str(Path(data).expanduser().absolute()) if Path(data).expanduser().exists() else data
+    local = Path(data).expanduser() if data else None
+    source = (str(local.absolute()) if local.exists() else data) if local else cfg.data.test
     if not source:
         raise ConfigError(f"run {loaded.path} names no test file (data.test); pass --data FILE")
     report = DataReport()
@@ -84,8 +83,7 @@ def plan(task: Task, run: str, data: str | None = None, limit: int = 0, last: in
     if not rows:
         raise ConfigError(f"{source}: no usable rows to evaluate")
     if report.dropped:  # rows the task cannot score (no price, out of range, empty text) are said, not hidden
-        log(f"{source}: {sum(report.dropped.values())} rows not scored ("
-            + ", ".join(f"{reason}: {n}" for reason, n in report.dropped.items()) + ")")
+        log(f"{source}: {sum(report.dropped.values())} rows not scored ({report.drops()})")
     _warn_overlap(task, cfg, source, rows)
     name = runs.eval_name(source, cfg.data.test)
     if limit or last:  # the scores of part of a file never replace those of the whole file

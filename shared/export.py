@@ -100,11 +100,17 @@ def preflight(args) -> tuple[runs.Run, list[str] | None, str | None]:
     return run, converter, token
 
 
+def _local_base(run: runs.Run) -> Path | None:
+    """The run's base model where it is a local file or folder (None: a registry name or hub id)."""
+    base = Path(run.config().model.name).expanduser()
+    return base.resolve() if base.exists() else None
+
+
 def check_gguf_target(gguf: Path, run: runs.Run) -> None:
     """--gguf (even with --overwrite) is never the run's local base model (a .gguf file, or a file in its
     folder) nor a file of the run."""
-    base = Path(run.config().model.name).expanduser()
-    if base.exists() and runs.contains(base.resolve(), gguf):
+    base = _local_base(run)
+    if base is not None and runs.contains(base, gguf):
         raise ConfigError(f"--gguf {gguf} is the run's base model {base}; replacing it would change what the "
                           "run's weights sit on. Pick another file name.")
     if gguf.exists() and runs.contains(run.path, gguf):
@@ -115,10 +121,10 @@ def check_merged_target(out: Path, run: runs.Run, overwrite: bool, root: Path) -
     """--merged may be new, empty, or (with --overwrite) an earlier export; never the run, a folder holding
     the run or the runs root, nor a folder of someone's own files."""
     runs.check_apart(out, run.path, "--merged", "the run folder")
-    base = Path(run.config().model.name).expanduser()
-    if base.exists():  # a local base: replacing it would change what the run's adapter sits on
-        runs.check_apart(out, base.resolve(), "--merged", "the run's base model")
-    holder = next(p for p in out.parents if p.exists())
+    base = _local_base(run)
+    if base is not None:  # replacing it would change what the run's adapter sits on
+        runs.check_apart(out, base, "--merged", "the run's base model")
+    holder = runs.existing_ancestor(out.parent)
     if not holder.is_dir():
         raise ConfigError(f"--merged {out}: {holder} is a file, not a folder")
     if root.exists() and runs.contains(out, root):

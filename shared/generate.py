@@ -258,7 +258,8 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, s
         return _greedy_loop(model, ids, mask, max_new_tokens, stops, ends, processors, limited)
 
 
-def _greedy_loop(model, ids, mask, max_new_tokens, stops, ends, processors, limited) -> list[list[int]]:
+def _greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: list[int],
+                 ends: "AnswerEnds | None", processors, limited: vocab.LimitedOutputLayer | None) -> list[list[int]]:
     """_greedy, with `limited` as in `_search` (argmax over the limited columns picks the token the full row's
     argmax picks: every other token's logit is -1e4, and ids are sorted, so ties break the same way)."""
     stop, lengths = set(stops), mask.sum(-1)
@@ -478,7 +479,9 @@ def _beams(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tok
         return _search(model, ids, mask, width, max_new_tokens, stops, lines, limited)
 
 
-def _search(model, ids, mask, width, max_new_tokens, stops, lines, limited):
+def _search(model, ids: torch.Tensor, mask: torch.Tensor, width: int, max_new_tokens: int, stops: list[int],
+            lines: tuple[torch.Tensor, ...] | None, limited: vocab.LimitedOutputLayer | None
+            ) -> list[list[tuple[float, list[int]]]]:
     """_beams, with `limited` the output layer when it returns its own tokens' columns only (then column j is
     token limited.ids[j]: the search runs over those columns, the answers hold token ids)."""
     dev, n_prompts = ids.device, ids.shape[0]
@@ -487,7 +490,6 @@ def _search(model, ids, mask, width, max_new_tokens, stops, lines, limited):
     lengths = mask.sum(-1)  # real prompt tokens per row: the next position after the prompt
     logits, cache = _prefill(model, ids, mask)
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    token_of = limited.ids if limited is not None else None
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n_prompts)]
     alive = torch.arange(n_prompts, device=dev)  # prompts still searching, in row order
     history = torch.empty((n_prompts, 1, 0), dtype=torch.long, device=dev)  # running beams' answer tokens
@@ -497,12 +499,12 @@ def _search(model, ids, mask, width, max_new_tokens, stops, lines, limited):
         size = log_probs.shape[-1] if limited is None else limited.weight.shape[0]
         breaks, leads, visible = (_padded(t, size).to(dev) for t in lines)
     for step in range(max_new_tokens):
-        beams_now, vocab = log_probs.shape[0] // len(alive), log_probs.shape[-1]
-        total = (scores[:, :, None] + log_probs.view(len(alive), beams_now, vocab)).view(len(alive), -1)
+        beams_now, columns = log_probs.shape[0] // len(alive), log_probs.shape[-1]
+        total = (scores[:, :, None] + log_probs.view(len(alive), beams_now, columns)).view(len(alive), -1)
         top, flat = torch.topk(total, keep, dim=-1)
-        beam, token = flat // vocab, flat % vocab
-        if token_of is not None:
-            token = token_of[token]
+        beam, token = flat // columns, flat % columns
+        if limited is not None:
+            token = limited.ids[token]
         ends = torch.isin(token, stop) | (step == max_new_tokens - 1)
         texted = texted.gather(1, beam)  # the parent beam's, per continuation
         if lines is not None:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import runs
 from .chat import ChatFormat, get_format
 from .config import ConfigError
 from .log import log
@@ -514,7 +515,7 @@ def preflight(gguf: Path, model_type: str | None, overwrite: bool) -> list[str] 
         raise ConfigError(f"--gguf {gguf}: the file name must end in .gguf")
     if gguf.is_dir():
         raise ConfigError(f"--gguf {gguf} is a folder; give a file name ending in .gguf")
-    holder = next(p for p in gguf.parents if p.exists())
+    holder = runs.existing_ancestor(gguf.parent)
     if not holder.is_dir():
         raise ConfigError(f"--gguf {gguf}: {holder} is a file, not a folder")
     for path in (gguf, modelfile_path(gguf)):

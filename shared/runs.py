@@ -95,6 +95,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     _replace(tmp, path)
 
 
+def existing_ancestor(path: Path) -> Path:
+    """The nearest folder (or file) on the way up from path that exists: where path would be made."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def contains(outer: Path, inner: Path) -> bool:
     """True when inner is outer or lies inside it (symbolic links resolved)."""
     outer, inner = Path(outer).resolve(), Path(inner).resolve()

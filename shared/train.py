@@ -101,20 +101,13 @@ def build_datasets(cfg: RunConfig, task: Task, tokenizer, fmt, train_rows, valid
     return train_ds, valid_ds
 
 
-def _existing_parent(path: Path) -> Path:
-    """The nearest folder (or file) on the way up from path that exists: where the run folder will be made."""
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_output(run_dir: Path) -> None:
     """Pre-flight: the run folder can be created and written (tried for real, so read-only file systems and
     root-owned folders are caught too), before the model loads."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output folder {run_dir} exists and is not a folder")
-    parent = _existing_parent(run_dir)
+    parent = runs.existing_ancestor(run_dir)
     if not parent.is_dir():
         raise ConfigError(f"cannot create the run folder {run_dir}: {parent} is a file, not a folder")
     try:
@@ -144,7 +137,7 @@ def estimate_run_bytes(model, tokenizer, cfg: RunConfig) -> int:
 
 def check_space(run_dir: Path, need: int) -> None:
     """Pre-flight: refuse to start a run that would fill the disk half-way (a failed checkpoint loses work)."""
-    parent = _existing_parent(Path(run_dir))
+    parent = runs.existing_ancestor(Path(run_dir))
     free = shutil.disk_usage(parent).free
     if free < need:
         raise ConfigError(f"not enough free disk space for the run folder {run_dir}: it needs about "

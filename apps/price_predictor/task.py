@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from shared.chat import ChatFormat
-from shared.data import DataReport, Field, Row, read_rows
+from shared.data import DataReport, Field, Row, read_rows, without_repeats
 from shared.task import Task
 
 from .curation import (
@@ -133,15 +133,8 @@ class PriceTask(Task):
     def read_one(self, source: str, report: DataReport, limit: int = 0, last: int = 0,
                  drop_duplicates: bool = True) -> list[Row]:
         if looks_like_amazon(source):
-            rows, seen = [], set()
-            for line, item in amazon_rows(source, report, limit=limit, last=last):
-                key = tuple(sorted(item.items()))
-                if drop_duplicates and key in seen:  # as read_rows drops them from a plain file
-                    report.drop("duplicate")
-                    continue
-                seen.add(key)
-                rows.append(Row(item, source, line))
-            return rows
+            rows = [Row(item, source, line) for line, item in amazon_rows(source, report, limit=limit, last=last)]
+            return without_repeats(rows, report) if drop_duplicates else rows  # as read_rows does
         rows = read_rows(source, self.fields, report, limit=limit, last=last, drop_duplicates=drop_duplicates)
         kept = [row for row in rows if in_price_range(row["price"])]
         report.drop(f"{REASON_OUT_OF_RANGE} [{MIN_PRICE}, {MAX_PRICE}]", len(rows) - len(kept))

@@ -25,10 +25,13 @@ def main() -> None:
         splits["train"] += rows[n_test + n_valid:]
     seen = set()  # a pair written twice (in two domains) is kept once: in test first, then valid, then train
     for name in ("test", "valid", "train"):
-        rows = splits[name]
-        random.Random(f"{SEED}-{name}").shuffle(rows)
-        kept = [r for r in rows if (r["en"], r["ko"]) not in seen and not seen.add((r["en"], r["ko"]))]
-        rows[:] = kept
+        random.Random(f"{SEED}-{name}").shuffle(splits[name])
+        kept = []
+        for r in splits[name]:
+            if (r["en"], r["ko"]) not in seen:
+                seen.add((r["en"], r["ko"]))
+                kept.append(r)
+        splits[name] = kept
     for name, rows in splits.items():
         with (HERE / f"{name}.jsonl").open("w", encoding="utf-8") as f:
             for r in rows:
