@@ -24,21 +24,45 @@ def _linear(n: int, seed: int):
     return x, np.expm1(logs).tolist()
 
 
-def test_fit_recovers_a_linear_price_and_picks_the_strength_on_validation():
+def test_fit_recovers_a_linear_price_and_picks_the_strength_by_cross_validation():
     x, prices = _linear(300, 0)
     xv, valid = _linear(60, 1)
     fitted = readout.fit(x, prices, xv, valid, digest="abc")
     assert fitted.fitted_on == 300 and fitted.weights_digest == "abc"
-    assert set(fitted.valid_mae) == {str(a) for a in readout.ALPHAS}
-    assert fitted.valid_mae[str(fitted.alpha)] == min(fitted.valid_mae.values())
+    assert set(fitted.cv_mae) == set(fitted.valid_mae) == {str(a) for a in readout.ALPHAS}
+    assert fitted.cv_mae[str(fitted.alpha)] == min(fitted.cv_mae.values())
     assert fitted.alpha == 10.0  # almost noiseless: the weakest ridge fits best
     guesses = fitted.predict(xv)
     assert np.mean(np.abs(np.log1p(guesses) - np.log1p(valid))) < 0.1
     assert fitted.predict(np.full((1, 8), 100.0)) == [999.49]  # never outside the prices the task accepts
-    # without validation rows: the default strength
-    assert readout.fit(x, prices).alpha == readout.DEFAULT_ALPHA
     with pytest.raises(ValueError, match="at least 2"):
         readout.fit(x[:1], prices[:1])
+
+
+def test_the_strength_follows_the_training_rows_not_a_few_validation_rows():
+    """Noisy prices ask for a strong ridge; a handful of validation rows that happen to favour the weakest one
+    (here: rows priced exactly by the noiseless line) no longer decide."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 40))
+    line = 3.0 + x[:, :8] @ np.array([0.5, -0.3, 0.2, 0.0, 0.1, 0.0, -0.2, 0.4])
+    prices = np.expm1(line + rng.normal(scale=1.0, size=400)).tolist()
+    fitted = readout.fit(x, prices, x[:12], np.expm1(line[:12]).tolist())
+    assert fitted.alpha > readout.ALPHAS[0] and fitted.cv_mae[str(fitted.alpha)] == min(fitted.cv_mae.values())
+    assert min(fitted.valid_mae, key=fitted.valid_mae.get) != str(fitted.alpha)
+
+
+def test_the_ridge_is_sklearns_ridge_on_standardised_features():
+    from sklearn.linear_model import Ridge
+
+    x, prices = _linear(120, 4)
+    fitted = readout.fit(x, prices)
+    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    reference = Ridge(alpha=fitted.alpha).fit(z, np.log1p(prices))
+    np.testing.assert_allclose(fitted.coef, reference.coef_, rtol=1e-6, atol=1e-9)
+    assert fitted.intercept == pytest.approx(float(reference.intercept_))
+    # too few rows to cross-validate: the default strength, no cross-validated scores
+    few = readout.fit(x[:6], prices[:6])
+    assert few.alpha == readout.DEFAULT_ALPHA and few.cv_mae == {}
 
 
 @pytest.fixture()
