@@ -9,9 +9,9 @@ state has no such cliff and errs elsewhere. Measured on the dev data (3 epochs, 
 avx512_bf16): the read-out alone $41.13 MAE, the 8-beam mean $43.42; both go into the ensemble (ensemble.py): $40.94.
 
 The fit reads every training row once (a forward pass, no generation; 4 min 16 s for 2,947 + 155 rows on an Intel
-Xeon with AMX, 8 min on the EPYC), so `train` fits it at the end of a price run and `evaluate` reuses it (taking the test prompts' features
-from its beam search's prefill). It is kept in <run>/readout.json with a digest of the weights it was fitted
-on: weights trained further are refitted, never silently reused.
+Xeon with AMX, 8 min on the EPYC), so `train` fits it at the end of a price run and `evaluate` reuses it (taking
+the test prompts' features from its beam search's prefill). It is kept in <run>/readout.json with a digest of
+the weights it was fitted on: weights trained further are refitted, never silently reused.
 The ridge strength is the one of ALPHAS with the lowest 5-fold cross-validated MAE on the training rows. Picked
 on the 155 validation rows of the dev run instead, the strengths' MAEs lay within $0.70 of each other ($31.35 to
 $32.05, $35.11 for the strongest) and the pick moved between runs; the validation MAE is still recorded.
@@ -226,6 +226,7 @@ def main(argv=None):
     def work():
         run = find_run(TASK, args)
         fitted = fit_run(run)
+
         def shown(maes: dict) -> str:
             return ", ".join(f"{float(a):g}: ${v:.2f}" for a, v in maes.items())
 
