@@ -407,7 +407,7 @@ def prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 16,
 
 def _decoder(model):
     """The transformer body under the output layer (for a PEFT model, with its adapter on)."""
-    return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    return vocab.unwrapped(model).get_decoder()
 
 
 @contextlib.contextmanager

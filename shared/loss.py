@@ -13,6 +13,7 @@ import torch
 
 from . import lean
 from .embeddings import compute_dtype
+from .vocab import unwrapped
 
 # Values of a slice of the output layer's rows and its logits together (slice x (width + rows)): 4M, 16 MB in
 # float32 (4,854 of Gemma's 262k rows for the benchmark's 224 answer tokens). Against 64 rows of logits over the
@@ -91,8 +92,7 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
 
 def _causal_lm(model):
     """The *ForCausalLM module under PEFT/DDP wrappers (LoRA layers stay active inside it)."""
-    inner = model.module if hasattr(model, "module") else model
-    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return unwrapped(model.module if hasattr(model, "module") else model)
 
 
 # Fewer shared tokens than this and the second backbone call costs about what it saves.

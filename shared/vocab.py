@@ -162,14 +162,14 @@ class LimitedOutputLayer(torch.nn.Module):
         return out
 
 
-def _unwrapped(model):
+def unwrapped(model):
     """The model under its PEFT wrapper, if any: the one whose output layer is swapped."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def limit_output_layer(model, ids: list[int]) -> LimitedOutputLayer:
     """Put a LimitedOutputLayer in the model (under its PEFT wrapper, if any) for inference."""
-    inner = _unwrapped(model)
+    inner = unwrapped(model)
     head = inner.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         raise ValueError("the output vocabulary needs a bias-free output layer")
@@ -185,7 +185,7 @@ def limited_vocabulary(model, ids: list[int] | None):
     if ids is None:
         yield model
         return
-    inner = _unwrapped(model)
+    inner = unwrapped(model)
     head = inner.get_output_embeddings()
     limit_output_layer(model, ids)
     try:
@@ -197,7 +197,7 @@ def limited_vocabulary(model, ids: list[int] | None):
 @contextlib.contextmanager
 def full_vocabulary(model):
     """Inside the block the model decodes over its whole vocabulary again (no-op without a limited layer)."""
-    inner = _unwrapped(model)
+    inner = unwrapped(model)
     head = inner.get_output_embeddings()
     if not isinstance(head, LimitedOutputLayer) or not head.enabled:
         yield model
@@ -216,7 +216,7 @@ def compact_logits(model):
     column back to a token id) or None where the model decodes over its whole vocabulary. The decoding loops
     use it: on the translator's 15k of 262k tokens, building, normalising and searching the full rows took a
     quarter of beam search's time (cProfile of `evaluate --limit 64`, AMD EPYC avx512_bf16)."""
-    inner = _unwrapped(model)
+    inner = unwrapped(model)
     head = inner.get_output_embeddings()
     if not isinstance(head, LimitedOutputLayer) or not head.enabled:
         yield None

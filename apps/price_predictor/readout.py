@@ -86,9 +86,8 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
     if valid_x is not None and len(valid_x):
         for a, guesses in zip(ALPHAS, paths.predict_each(np.asarray(valid_x, dtype=np.float64))):
             scores[str(a)] = round(float(np.abs(guesses - np.asarray(valid_prices)).mean()), 4)
-    coef, intercept = paths.solution(ALPHAS.index(best))
-    return Readout(paths.mean.tolist(), paths.scale.tolist(), coef.tolist(), intercept, best, digest, len(x),
-                   scores, cv)
+    return Readout(paths.mean.tolist(), paths.scale.tolist(), paths.coef(ALPHAS.index(best)).tolist(),
+                   paths.intercept, best, digest, len(x), scores, cv)
 
 
 @dataclasses.dataclass
@@ -100,15 +99,15 @@ class _RidgePaths:
     shrunk: list  # per alpha: s / (s^2 + alpha) * U^T y
     intercept: float
 
-    def solution(self, i: int) -> tuple:
-        return self.vt.T @ self.shrunk[i], self.intercept
+    def coef(self, i: int):
+        return self.vt.T @ self.shrunk[i]
 
     def predict_each(self, x) -> list:
         """Per alpha, the prices for rows x, within the prices the task accepts."""
         import numpy as np
 
         z = (x - self.mean) / self.scale
-        return [np.clip(np.expm1(z @ self.solution(i)[0] + self.intercept), MIN_PRICE, MAX_PRICE)
+        return [np.clip(np.expm1(z @ self.coef(i) + self.intercept), MIN_PRICE, MAX_PRICE)
                 for i in range(len(self.shrunk))]
 
 
