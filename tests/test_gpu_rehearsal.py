@@ -562,3 +562,22 @@ def test_an_isa_cap_without_bf16_means_fp32(monkeypatch, tmp_path, cap, fast):
     assert models.cpu_has_fast_bf16() is fast
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert models.cpu_has_fast_bf16() is True
+
+
+# ---------------------------------------------------------------- the GPU check itself, dry run on the CPU
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_end_to_end(gpu_models, tmp_path):
+    """scripts/gpu_check.py is what a GPU day runs once, with no time to debug it: its tiny CPU dry run goes
+    through every job (the three precision modes, both gpu profiles at their real architecture) without a failure
+    and writes the figures it promises."""
+    env = {**os.environ, "GPU_CHECK_ALLOW_CPU": "1", "FT_TOKENIZER_CACHE": str(CACHE)}
+    done = subprocess.run([sys.executable, "scripts/gpu_check.py", "--tiny", "--out", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [f.get("mode") or f.get("product") for f in figures] == ["bf16", "fp16", "4bit", "translator",
+                                                                    "price_predictor"]
+    assert all(f["train_tokens_per_s"] > 0 and f["eval_rows"] > 0 for f in figures)
+    assert {f["quantization"] for f in figures if f["part"] == "real"} == {"4bit"}
+    assert (tmp_path / "merged-4bit" / "export.json").is_file()
