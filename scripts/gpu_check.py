@@ -143,30 +143,17 @@ VALID_ROWS = 48  # validation loss, and the price ensemble's fit, on the first r
 
 def real_model(key: str, root: Path, tiny: bool) -> tuple[Path, float, int]:
     """The model's real config and tokenizer, random weights (built on the GPU in bf16), saved as a model folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tests.test_gpu_rehearsal import FACTS, tiny_config, untrained_special_rows, write_tokenizer
+    from tests.test_gpu_rehearsal import make_model_dir
 
-    out = root / key
     t0 = time.time()
-    write_tokenizer(key, out)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    if tiny:
-        config = tiny_config(key)
-    else:
-        real = dict(FACTS[key]["config"])
-        config = AutoConfig.for_model(real.pop("model_type"), **real)
-    torch.manual_seed(0)
-    with torch.device("cuda" if CUDA else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if CUDA else torch.float32)
-    with torch.no_grad():  # as in the real base: untrained rows are zero
-        rows = untrained_special_rows(tokenizer, key)
-        model.get_input_embeddings().weight[rows] = 0
-        model.get_output_embeddings().weight[rows] = 0
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out)
-    del model
+    out = make_model_dir(key, root / key, tiny=tiny, device="cuda" if CUDA else "cpu",
+                         dtype=torch.bfloat16 if CUDA else torch.float32)
     _reset_peak()
+    config = AutoConfig.from_pretrained(out)
+    with torch.device("meta"):  # counts the parameters without building them again
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     return out, round(time.time() - t0, 1), params
 
 

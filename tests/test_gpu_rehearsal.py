@@ -133,13 +133,15 @@ def write_tokenizer(key: str, folder: Path) -> None:
 
 # ---------------------------------------------------------------- tiny models of the real architectures
 
-def tiny_config(key: str):
-    """The model's real config with its real vocabulary, token ids, context and RoPE, scaled to 2 small layers."""
+def model_config(key: str, tiny: bool = True):
+    """The model's real config with its real vocabulary, token ids, context and RoPE; tiny: scaled to 2 small
+    layers (the key/value grouping kept)."""
     from transformers import AutoConfig
 
     real = dict(FACTS[key]["config"])
-    kv_ratio = real["num_attention_heads"] // real["num_key_value_heads"]
-    real.update(TINY, num_key_value_heads=TINY["num_attention_heads"] // kv_ratio)
+    if tiny:
+        kv_ratio = real["num_attention_heads"] // real["num_key_value_heads"]
+        real.update(TINY, num_key_value_heads=TINY["num_attention_heads"] // kv_ratio)
     return AutoConfig.for_model(real.pop("model_type"), **real)
 
 
@@ -152,13 +154,17 @@ def untrained_special_rows(tokenizer, key: str) -> list[int]:
                   + [a.content for a in tokenizer.added_tokens_decoder.values()] if t not in keep)
 
 
-def make_model_dir(key: str, folder: Path, seed: int = 0) -> Path:
+def make_model_dir(key: str, folder: Path, seed: int = 0, tiny: bool = True, device: str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """A model folder of the real tokenizer and config (tiny or at the real size), random weights built on
+    `device` in `dtype`; scripts/gpu_check.py builds the real sizes on a GPU this way."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     write_tokenizer(key, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(key))
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(model_config(key, tiny), dtype=dtype)
     with torch.no_grad():  # as in the real base: untrained rows are (near) zero, in and out
         rows = untrained_special_rows(tokenizer, key)
         model.get_input_embeddings().weight[rows] = 0
