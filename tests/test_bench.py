@@ -131,3 +131,23 @@ def test_stock_side_gets_the_same_lora_as_ours(tiny_model_dir):
     stock = stock_lora_config(cfg)
     assert cfg.lora.use_rslora and stock.use_rslora
     assert (stock.r, stock.lora_alpha, stock.lora_dropout) == (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+
+
+def test_profile_step_lists_matrix_products_by_shape_with_their_rate():
+    import torch
+
+    from bench.profile_step import matmul_report
+
+    a, b, c = torch.randn(64, 32), torch.randn(32, 48), torch.zeros(64, 48)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                with_flops=True) as prof:
+        for _ in range(3):
+            a @ b
+        c.addmm_(a, b)
+        torch.randn(8, 8).relu()  # not a matrix product: left out
+    text = matmul_report(prof.key_averages(group_by_input_shape=True), top=5)
+    first, _, *rows = text.splitlines()
+    assert first.startswith(f"matrix products: {3 * 2 * 64 * 32 * 48 / 1e9:.1f} GFLOP")
+    mm = next(r for r in rows if r.startswith("aten::mm"))
+    assert "[[64, 32], [32, 48]]" in mm and mm.split()[-3] == "3"
+    assert any(r.startswith("aten::addmm_") for r in rows) and not any("relu" in r for r in rows)
