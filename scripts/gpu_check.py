@@ -1,7 +1,7 @@
 """The GPU check: the project's own train -> evaluate (-> export) on a CUDA GPU, printing tokens/s, peak GPU memory
 and the time of each stage. Needs no network (random weights built from configs, tokenizers from tests' cache).
 
-    python scripts/gpu_check.py                 # both parts (about 6 minutes on one H100)
+    python scripts/gpu_check.py                 # both parts (about 6 minutes on one H100: an estimate, never run)
     python scripts/gpu_check.py --part small    # a ~110M random Llama: bf16, fp16 (as a T4 runs) and 4-bit NF4
     python scripts/gpu_check.py --part real     # the gpu profiles at their real sizes (Phi-3-mini 3.8B QLoRA,
                                                 # Llama 3.1 8B 4-bit + LoRA), random weights, real tokenizers
@@ -142,18 +142,20 @@ VALID_ROWS = 48  # validation loss, and the price ensemble's fit, on the first r
 
 
 def real_model(key: str, root: Path, tiny: bool) -> tuple[Path, float, int]:
-    """The model's real config and tokenizer, random weights (built on the GPU in bf16), saved as a model folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The model's real config and tokenizer, random weights in bf16, saved as a model folder. Built on the GPU
+    where its bf16 copy fits in the free memory with room to spare (Llama 3.1 8B needs 16 GB: not on a T4),
+    else in host memory (slower)."""
+    from transformers import AutoModelForCausalLM
 
-    from tests.test_gpu_rehearsal import make_model_dir
+    from tests.test_gpu_rehearsal import make_model_dir, model_config
 
     t0 = time.time()
-    out = make_model_dir(key, root / key, tiny=tiny, device="cuda" if CUDA else "cpu",
+    with torch.device("meta"):  # the size, without building anything
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(model_config(key, tiny)).parameters())
+    on_gpu = CUDA and torch.cuda.mem_get_info()[0] > 1.25 * 2 * params
+    out = make_model_dir(key, root / key, tiny=tiny, device="cuda" if on_gpu else "cpu",
                          dtype=torch.bfloat16 if CUDA else torch.float32)
     _reset_peak()
-    config = AutoConfig.from_pretrained(out)
-    with torch.device("meta"):  # counts the parameters without building them again
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     return out, round(time.time() - t0, 1), params
 
 
