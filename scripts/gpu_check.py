@@ -17,6 +17,7 @@ Figures go to gpu_check.json in --out (default: a temporary folder).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -201,11 +202,7 @@ def real(product: str, root: Path, tiny: bool) -> dict:
 
 
 def _task(product: str):
-    if product == "translator":
-        from apps.translator.task import TASK
-    else:
-        from apps.price_predictor.task import TASK
-    return TASK
+    return importlib.import_module(f"apps.{product}.task").TASK
 
 
 def _bnb_ok() -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from shared import runs
@@ -56,9 +55,15 @@ class Readout:
         """One price per feature row, within the prices the task accepts."""
         import numpy as np
 
-        x = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        logs = x @ np.asarray(self.coef) + self.intercept
-        return [min(max(math.expm1(v), MIN_PRICE), MAX_PRICE) for v in logs.tolist()]
+        return _prices(np.asarray(features, dtype=np.float64), np.asarray(self.mean), np.asarray(self.scale),
+                       np.asarray(self.coef), self.intercept).tolist()
+
+
+def _prices(x, mean, scale, coef, intercept):
+    """The read-out's prices for feature rows x: standardised, linear in log1p(price), within the accepted prices."""
+    import numpy as np
+
+    return np.clip(np.expm1((x - mean) / scale @ coef + intercept), MIN_PRICE, MAX_PRICE)
 
 
 def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[float] | None = None,
@@ -104,11 +109,7 @@ class _RidgePaths:
 
     def predict_each(self, x) -> list:
         """Per alpha, the prices for rows x, within the prices the task accepts."""
-        import numpy as np
-
-        z = (x - self.mean) / self.scale
-        return [np.clip(np.expm1(z @ self.coef(i) + self.intercept), MIN_PRICE, MAX_PRICE)
-                for i in range(len(self.shrunk))]
+        return [_prices(x, self.mean, self.scale, self.coef(i), self.intercept) for i in range(len(self.shrunk))]
 
 
 def _ridge(x, prices, alphas) -> _RidgePaths:
