@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+unset PYTHONDONTWRITEBYTECODE  # write bytecode as modules are first imported (scripts/setup.sh says why)
 python -m apps.translator.train "$@"
 python -m apps.translator.evaluate --run latest

@@ -6,13 +6,15 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 # Installs go through uv, which takes the same versions as pip from the same places in less time (a new venv
-# here: 53 s against 81 s), and through pip where uv cannot. --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (these
-# machines set it) nothing would ever be compiled, and every process would import torch and transformers from
-# source (measured: 20 s instead of 8.5 s, the test suite 8 min 40 s instead of about 5).
+# here: 53 s against 81 s), and through pip where uv cannot. Bytecode: uv installs none (pip compiles every file,
+# torch's and transformers' thousands that no command imports: 45 s of a new venv here). Python writes it at a
+# module's first import instead, unless PYTHONDONTWRITEBYTECODE is set (these machines set it): then every process
+# would import torch and transformers from source (20 s instead of 8.5 s). So the import check below writes it
+# for what every command loads, and scripts/test.sh and quickstart.sh write it for the rest as it is first used.
 pip install -q "uv>=0.5" 2>/dev/null || true
 install() {
     if command -v uv >/dev/null; then
-        uv pip install -q --compile-bytecode ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "$@" && return
+        uv pip install -q ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "$@" && return
     fi
     pip install -q "$@"
 }
@@ -20,4 +22,7 @@ install() {
 # install your CUDA build of torch beforehand (this line then does nothing) or set TORCH_SPEC.
 python -c "import torch" 2>/dev/null || install "${TORCH_SPEC:-torch==2.13.0}"
 install -e ".[test]"
-python -c "import torch, transformers, peft, trl; print(f'ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}')"
+env -u PYTHONDONTWRITEBYTECODE python -c "import torch, transformers, peft, trl
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+from trl import SFTTrainer
+print(f'ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}')"

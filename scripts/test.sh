@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install_browser.sh
 . .venv/bin/activate
+unset PYTHONDONTWRITEBYTECODE  # write bytecode as modules are first imported (scripts/setup.sh says why)
 python -m pytest -q "$@"
