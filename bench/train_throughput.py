@@ -94,10 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- shared by both sides
 
-def bench_config(a: argparse.Namespace):
-    """The translator's cpu profile (LoRA r/alpha/dropout/targets, lr, schedule) with the benchmark's sizes."""
+def bench_config(a: argparse.Namespace, own_process: bool = False):
+    """The translator's cpu profile (LoRA r/alpha/dropout/targets, lr, schedule) with the benchmark's sizes.
+    own_process: set up this side's process the way the train command sets up its own (keeps bitsandbytes out
+    when nothing is quantized)."""
     from apps.translator.task import TASK
-    from shared.config import resolve
+    from shared.config import assemble, validate
+    from shared.models import keep_bitsandbytes_out
 
     cli = {"model.name": a.model, "model.max_length": a.max_length, "model.dtype": a.dtype,
            "train.batch_size": a.batch_size, "train.grad_accum": 1, "train.max_steps": a.steps,
@@ -107,7 +110,10 @@ def bench_config(a: argparse.Namespace):
            "data.train": a.data}
     if a.chat_template:
         cli["model.chat_template"] = a.chat_template
-    return resolve(yaml_path=TASK.config_path("cpu"), cli=cli)
+    cfg = assemble(yaml_path=TASK.config_path("cpu"), cli=cli)
+    if own_process:
+        keep_bitsandbytes_out(cfg)
+    return validate(cfg)
 
 
 def read_rows(a: argparse.Namespace):
@@ -253,6 +259,7 @@ def _side_result(side: str, trainer, meter, load_s: float, weight_dtype) -> dict
 
 def run_ours(a: argparse.Namespace, work: Path) -> dict:
     """The project's training path: shared.models.load, shared.train.build_dataset, CompletionSFTTrainer."""
+    cfg = bench_config(a, own_process=True)  # first: it decides what this process imports
     from transformers import set_seed
     from transformers.trainer_utils import SaveStrategy
 
@@ -262,7 +269,6 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     from shared.data import DataReport
     from shared.embeddings import compute_dtype
 
-    cfg = bench_config(a)
     t0 = time.perf_counter()
     model, tokenizer, fmt = models.load(cfg.model, training=True)
     dataset = core.build_dataset(read_rows(a), TASK, tokenizer, fmt, cfg.model.max_length, DataReport())

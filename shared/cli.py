@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 from . import runs
-from .config import (ConfigError, anchor_data_paths, apply, changed_on_resume, coerce, describe_keys, load_yaml,
-                     parse_overrides, resolve, validate)
+from .config import (ConfigError, anchor_data_paths, apply, assemble, changed_on_resume, coerce, describe_keys,
+                     load_yaml, parse_overrides, validate)
 from .data import DataError
-from .models import resolve_profile
+from .models import keep_bitsandbytes_out, resolve_profile
 from .task import Task
 
 # Shortcut options -> config keys (everything else: --section.field value or --set section.field=value).
@@ -124,8 +124,15 @@ def _folder(path: str) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
-    """Return (cfg, run_dir, profile_reason) for a new or resumed run."""
+def build_config(task: Task, args: argparse.Namespace, rest: list[str], own_process: bool = False):
+    """Return (cfg, run_dir, profile_reason) for a new or resumed run. own_process: this process is the command's
+    own, so what it will not use may be kept out of it (models.keep_bitsandbytes_out)."""
+
+    def checked(cfg):
+        if own_process:
+            keep_bitsandbytes_out(cfg)
+        return validate(cfg)
+
     cli = parse_overrides(rest)
     for name, key in SHORTCUTS.items():
         value = getattr(args, name)
@@ -147,7 +154,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
                               "cannot apply. Change single settings as --section.field VALUE (e.g. "
                               "--train.max_steps 400), or train a new run with --output-dir NEW_DIR")
         run = runs.Run.load(run_dir).require(task.name, finished=False)
-        cfg = validate(anchor_data_paths(apply(run.config(), cli)))  # the run's own config, then your changes
+        cfg = checked(anchor_data_paths(apply(run.config(), cli)))  # the run's own config, then your changes
         changed = changed_on_resume(run.config(), cfg)
         if changed:
             raise ConfigError(f"--resume: {'; '.join(changed)}. The checkpoints in {run_dir} were trained with "
@@ -160,7 +167,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     requested = args.profile or cli.get("profile") or yaml_flat.get("profile") or "auto"
     profile, reason = resolve_profile(requested)
     yaml_path = args.config or task.config_path(profile)
-    cfg = resolve(yaml_path=yaml_path, cli=cli)
+    cfg = checked(assemble(yaml_path=yaml_path, cli=cli))
     cfg.profile = profile
     anchor_data_paths(cfg)
     cfg.output.runs_root = str(runs.runs_root(cfg.output.runs_root))  # recorded as resolved
@@ -218,7 +225,7 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
         args, rest = train_parser(task).parse_known_args(argv)
         if args.runs_root is not None:
             rest = [*rest, "--output.runs_root", args.runs_root]
-        cfg, run_dir, reason = build_config(task, args, rest)
+        cfg, run_dir, reason = build_config(task, args, rest, own_process=argv is None)
         log(f"profile: {cfg.profile} ({reason})")
         out = train(task, cfg, run_dir, reason, resume=args.resume, overwrite=args.overwrite)
         if runs.is_main_process():  # once, not once per process under accelerate launch

@@ -468,12 +468,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def resolve(defaults: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
             cli: dict[str, Any] | None = None) -> RunConfig:
     """Build the run config: dataclass defaults < product defaults < YAML file < command line."""
+    return validate(assemble(defaults, yaml_path, cli))
+
+
+def assemble(defaults: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
+             cli: dict[str, Any] | None = None) -> RunConfig:
+    """resolve() without the final checks (validate), which import transformers."""
     cfg = RunConfig()
     apply(cfg, defaults or {})
     if yaml_path:
         apply(cfg, load_yaml(yaml_path))
     apply(cfg, cli or {})
-    return validate(cfg)
+    return cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +387,27 @@ def _quantization_config(cfg: ModelConfig):
     # be emulated and would clash with the fp16 trainer.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=weight_dtype(cfg))
+
+
+# Optimizers that never reach bitsandbytes: torch's own and transformers' (its 8-bit, paged, Lion, RMSprop-bnb,
+# AdEMAMix and GaLore-8bit kinds are bitsandbytes').
+PLAIN_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+
+
+def keep_bitsandbytes_out(cfg) -> bool:
+    """For a command's own process whose run neither quantizes nor uses a bitsandbytes optimizer: keep
+    bitsandbytes out of it. peft and transformers' trainer utilities import it whenever it is installed (a base
+    dependency, for the GPU path), which on a CPU costs ~113 MB of resident memory that nothing uses (measured:
+    `import bitsandbytes` after torch and transformers). Marked absent in sys.modules, it is what both libraries
+    take for "not installed". Only before they are imported, and only where the process serves this one run: a
+    notebook or a test session that loads a quantized model later must not find it gone. Returns whether it was
+    kept out."""
+    if cfg.model.quantization != "none" or cfg.train.optim not in PLAIN_OPTIMIZERS:
+        return False
+    if any(name in sys.modules for name in ("bitsandbytes", "peft", "transformers.trainer_utils")):
+        return False
+    sys.modules["bitsandbytes"] = None
+    return True
 
 
 def _drop_construction_lists(tokenizer) -> None:

@@ -70,3 +70,42 @@ def test_embedded_cache_is_bf16_and_loads_without_conversion(gemma_dir):
     with safe_open(str(gemma_dir / "model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes == {"BF16"}
+
+
+@pytest.mark.parametrize("settings, kept_out", [({}, True), ({"model.quantization": "4bit"}, False)],
+                         ids=["plain", "4bit"])
+def test_a_command_that_needs_no_bitsandbytes_keeps_it_out(settings, kept_out):
+    """A fresh process (as a command is) that neither quantizes nor uses a bitsandbytes optimizer keeps it out,
+    and peft and transformers then take it for not installed; one that needs it gets it."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    script = (
+        "import sys, json\n"
+        "from shared.config import assemble\n"
+        "from shared.models import keep_bitsandbytes_out\n"
+        f"kept = keep_bitsandbytes_out(assemble(cli={settings!r}))\n"
+        "import peft.import_utils, transformers.trainer_utils\n"
+        "from transformers.utils import is_bitsandbytes_available\n"
+        "print(json.dumps([kept, 'bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None,\n"
+        "                  peft.import_utils.is_bnb_available(), is_bitsandbytes_available()]))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, loaded, peft_sees, transformers_sees = json.loads(done.stdout.splitlines()[-1])
+    assert kept is kept_out
+    assert loaded is peft_sees is transformers_sees is (not kept_out)
+
+
+def test_keeping_bitsandbytes_out_leaves_a_process_that_has_peft_alone():
+    import sys
+
+    import peft  # noqa: F401 - as in any session that has trained or loaded an adapter
+
+    from shared.config import assemble
+    from shared.models import keep_bitsandbytes_out
+
+    before = sys.modules.get("bitsandbytes")
+    assert keep_bitsandbytes_out(assemble()) is False
+    assert sys.modules.get("bitsandbytes") is before
