@@ -94,10 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- shared by both sides
 
-def bench_config(a: argparse.Namespace, own_process: bool = False):
-    """The translator's cpu profile (LoRA r/alpha/dropout/targets, lr, schedule) with the benchmark's sizes.
-    own_process: set up this side's process the way the train command sets up its own (keeps bitsandbytes out
-    when nothing is quantized)."""
+def bench_config(a: argparse.Namespace):
+    """The translator's cpu profile (LoRA r/alpha/dropout/targets, lr, schedule) with the benchmark's sizes."""
     from apps.translator.task import TASK
     from shared.config import assemble, validate
     from shared.models import keep_bitsandbytes_out
@@ -111,8 +109,7 @@ def bench_config(a: argparse.Namespace, own_process: bool = False):
     if a.chat_template:
         cli["model.chat_template"] = a.chat_template
     cfg = assemble(yaml_path=TASK.config_path("cpu"), cli=cli)
-    if own_process:
-        keep_bitsandbytes_out(cfg)
+    keep_bitsandbytes_out(cfg.model, cfg.train.optim)  # before validate, which imports peft (as the train command)
     return validate(cfg)
 
 
@@ -259,7 +256,10 @@ def _side_result(side: str, trainer, meter, load_s: float, weight_dtype) -> dict
 
 def run_ours(a: argparse.Namespace, work: Path) -> dict:
     """The project's training path: shared.models.load, shared.train.build_dataset, CompletionSFTTrainer."""
-    cfg = bench_config(a, own_process=True)  # first: it decides what this process imports
+    from shared.models import one_run_process
+
+    one_run_process()  # this side's process is its own, as the train command's is
+    cfg = bench_config(a)
     from transformers import set_seed
     from transformers.trainer_utils import SaveStrategy
 

@@ -13,7 +13,7 @@ from . import runs
 from .config import (ConfigError, anchor_data_paths, apply, assemble, changed_on_resume, coerce, describe_keys,
                      load_yaml, parse_overrides, validate)
 from .data import DataError
-from .models import keep_bitsandbytes_out, resolve_profile
+from .models import keep_bitsandbytes_out, one_run_process, resolve_profile
 from .task import Task
 
 # Shortcut options -> config keys (everything else: --section.field value or --set section.field=value).
@@ -124,13 +124,11 @@ def _folder(path: str) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-def build_config(task: Task, args: argparse.Namespace, rest: list[str], own_process: bool = False):
-    """Return (cfg, run_dir, profile_reason) for a new or resumed run. own_process: this process is the command's
-    own, so what it will not use may be kept out of it (models.keep_bitsandbytes_out)."""
+def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
+    """Return (cfg, run_dir, profile_reason) for a new or resumed run."""
 
     def checked(cfg):
-        if own_process:
-            keep_bitsandbytes_out(cfg)
+        keep_bitsandbytes_out(cfg.model, cfg.train.optim)  # before validate, which imports peft
         return validate(cfg)
 
     cli = parse_overrides(rest)
@@ -186,9 +184,13 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
-def run_cli(main) -> None:
+def run_cli(main, own_process: bool = False) -> None:
     """Run an entry point; user errors print one clear line and exit 2 instead of a traceback. Ctrl-C exits
-    130 and SIGTERM 143, after whatever was being written is finished or rolled back by the code that wrote it."""
+    130 and SIGTERM 143, after whatever was being written is finished or rolled back by the code that wrote it.
+    own_process: the command was started from the shell (its argv is None), not called in-process
+    (models.one_run_process)."""
+    if own_process:
+        one_run_process()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -225,7 +227,7 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
         args, rest = train_parser(task).parse_known_args(argv)
         if args.runs_root is not None:
             rest = [*rest, "--output.runs_root", args.runs_root]
-        cfg, run_dir, reason = build_config(task, args, rest, own_process=argv is None)
+        cfg, run_dir, reason = build_config(task, args, rest)
         log(f"profile: {cfg.profile} ({reason})")
         out = train(task, cfg, run_dir, reason, resume=args.resume, overwrite=args.overwrite)
         if runs.is_main_process():  # once, not once per process under accelerate launch
@@ -234,4 +236,4 @@ def train_main(task: Task, argv: list[str] | None = None, after=None) -> None:
             print(f"\nDone. Run folder: {out}\n"
                   f"Evaluate it:  {task.command('evaluate')} --run {shlex.quote(str(out))}")
 
-    run_cli(main)
+    run_cli(main, own_process=argv is None)

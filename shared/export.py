@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Merged model: {out}\nLoad it with: AutoModelForCausalLM.from_pretrained({str(out)!r}); prompts in "
               f"the {info['chat_format']} chat format, stop on {info['end_of_turn']}")
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -392,17 +392,24 @@ def _quantization_config(cfg: ModelConfig):
 # Optimizers that never reach bitsandbytes: torch's own and transformers' (its 8-bit, paged, Lion, RMSprop-bnb,
 # AdEMAMix and GaLore-8bit kinds are bitsandbytes').
 PLAIN_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+_one_run = False
 
 
-def keep_bitsandbytes_out(cfg) -> bool:
-    """For a command's own process whose run neither quantizes nor uses a bitsandbytes optimizer: keep
-    bitsandbytes out of it. peft and transformers' trainer utilities import it whenever it is installed (a base
-    dependency, for the GPU path), which on a CPU costs ~113 MB of resident memory that nothing uses (measured:
-    `import bitsandbytes` after torch and transformers). Marked absent in sys.modules, it is what both libraries
-    take for "not installed". Only before they are imported, and only where the process serves this one run: a
-    notebook or a test session that loads a quantized model later must not find it gone. Returns whether it was
-    kept out."""
-    if cfg.model.quantization != "none" or cfg.train.optim not in PLAIN_OPTIMIZERS:
+def one_run_process() -> None:
+    """Mark this process as a command's own (shared.cli.run_cli does, for a command started from the shell): it
+    serves one run, so what that run does not use may be kept out of it. A notebook, a test session or the demo
+    server, which may load another run later, is never marked."""
+    global _one_run
+    _one_run = True
+
+
+def keep_bitsandbytes_out(cfg: ModelConfig, optim: str = "adamw_torch") -> bool:
+    """In a command's own process whose run neither quantizes nor uses a bitsandbytes optimizer: keep
+    bitsandbytes out. peft and transformers' trainer utilities import it whenever it is installed (a base
+    dependency, for the GPU path), which on a CPU costs ~113 MB of resident memory that nothing uses and ~1.4 s
+    (measured: `import bitsandbytes` after torch and transformers). Marked absent in sys.modules, it is what both
+    libraries take for "not installed". Only before they are imported. Returns whether it was kept out."""
+    if not _one_run or cfg.quantization != "none" or optim not in PLAIN_OPTIMIZERS:
         return False
     if any(name in sys.modules for name in ("bitsandbytes", "peft", "transformers.trainer_utils")):
         return False
@@ -561,6 +568,7 @@ def stored_dtype(where: str) -> str | None:
 
 def load(cfg: ModelConfig, training: bool = True):
     """Load (model, tokenizer, chat_format) as the config says. Errors are ConfigError with a fix."""
+    keep_bitsandbytes_out(cfg)  # first: peft, imported below, would import it
     from transformers import AutoModelForCausalLM
 
     backend = resolve_backend(cfg)

@@ -75,8 +75,8 @@ def test_embedded_cache_is_bf16_and_loads_without_conversion(gemma_dir):
 @pytest.mark.parametrize("settings, kept_out", [({}, True), ({"model.quantization": "4bit"}, False)],
                          ids=["plain", "4bit"])
 def test_a_command_that_needs_no_bitsandbytes_keeps_it_out(settings, kept_out):
-    """A fresh process (as a command is) that neither quantizes nor uses a bitsandbytes optimizer keeps it out,
-    and peft and transformers then take it for not installed; one that needs it gets it."""
+    """A command's own process (fresh, as one started from the shell is) whose run does not quantize keeps
+    bitsandbytes out, and peft and transformers then take it for not installed; one that quantizes gets it."""
     import subprocess
     import sys
 
@@ -84,12 +84,14 @@ def test_a_command_that_needs_no_bitsandbytes_keeps_it_out(settings, kept_out):
 
     script = (
         "import sys, json\n"
+        "from shared import models\n"
         "from shared.config import assemble\n"
-        "from shared.models import keep_bitsandbytes_out\n"
-        f"kept = keep_bitsandbytes_out(assemble(cli={settings!r}))\n"
+        "models.one_run_process()\n"
+        f"cfg = assemble(cli={settings!r})\n"
+        "kept = models.keep_bitsandbytes_out(cfg.model, cfg.train.optim)\n"
         "import peft.import_utils, transformers.trainer_utils\n"
         "from transformers.utils import is_bitsandbytes_available\n"
-        "print(json.dumps([kept, 'bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None,\n"
+        "print(json.dumps([kept, sys.modules.get('bitsandbytes') is not None,\n"
         "                  peft.import_utils.is_bnb_available(), is_bitsandbytes_available()]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -98,14 +100,14 @@ def test_a_command_that_needs_no_bitsandbytes_keeps_it_out(settings, kept_out):
     assert loaded is peft_sees is transformers_sees is (not kept_out)
 
 
-def test_keeping_bitsandbytes_out_leaves_a_process_that_has_peft_alone():
+def test_a_process_that_is_not_one_commands_own_keeps_bitsandbytes():
+    """A test session, a notebook or the demo server may load a quantized run later: nothing is kept out."""
     import sys
 
-    import peft  # noqa: F401 - as in any session that has trained or loaded an adapter
-
+    from shared import models
     from shared.config import assemble
-    from shared.models import keep_bitsandbytes_out
 
     before = sys.modules.get("bitsandbytes")
-    assert keep_bitsandbytes_out(assemble()) is False
+    cfg = assemble()
+    assert models.keep_bitsandbytes_out(cfg.model, cfg.train.optim) is False
     assert sys.modules.get("bitsandbytes") is before

@@ -96,7 +96,7 @@ def main(argv=None):
         if args.json:
             runs.write_json(args.json, results)
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main(argv=None):
                 base = generate(model, tokenizer, fmt, prompt, cfg.generate, budget)[0]
             print(f"base model: {base!r}")
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def main(argv=None):
               f"  validation MAE by alpha: {shown(fitted.valid_mae) or 'no validation rows'}\n"
               f"wrote {run.weights_home / FILE}")
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main(argv=None):
 
         evaluation.score_each(TASK, args.run, args.runs_root, args.checkpoint, not args.no_base, score)
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

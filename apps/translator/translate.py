@@ -58,7 +58,7 @@ def main(argv=None):
                     print(piece, end="", flush=True)
             print()
 
-    run_cli(work)
+    run_cli(work, own_process=argv is None)
 
 
 if __name__ == "__main__":
