@@ -389,8 +389,8 @@ def _quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=weight_dtype(cfg))
 
 
-# Optimizers that never reach bitsandbytes: torch's own and transformers' (its 8-bit, paged, Lion, RMSprop-bnb,
-# AdEMAMix and GaLore-8bit kinds are bitsandbytes').
+# Optimizers that never reach bitsandbytes: torch's own and transformers' plain ones (its 8-bit, paged, Lion and
+# bnb kinds are bitsandbytes').
 PLAIN_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
 _one_run = False
 
@@ -404,12 +404,13 @@ def one_run_process() -> None:
 
 
 def keep_bitsandbytes_out(cfg: ModelConfig, optim: str = "adamw_torch") -> bool:
-    """In a command's own process whose run neither quantizes nor uses a bitsandbytes optimizer: keep
-    bitsandbytes out. peft and transformers' trainer utilities import it whenever it is installed (a base
-    dependency, for the GPU path), which on a CPU costs ~113 MB of resident memory that nothing uses and ~1.4 s
-    (measured: `import bitsandbytes` after torch and transformers). Marked absent in sys.modules, it is what both
-    libraries take for "not installed". Only before they are imported. Returns whether it was kept out."""
-    if not _one_run or cfg.quantization != "none" or optim not in PLAIN_OPTIMIZERS:
+    """In a command's own process on a machine without a CUDA GPU whose run neither quantizes nor uses a
+    bitsandbytes optimizer: keep bitsandbytes out. peft and transformers' trainer utilities import it whenever it
+    is installed (a base dependency, for the GPU path), which on a CPU costs ~113 MB of resident memory that
+    nothing uses and ~1 s (measured: `import bitsandbytes` after torch and transformers). Marked absent in
+    sys.modules, it is what both libraries take for "not installed". Only before they are imported. On a GPU
+    nothing changes (Unsloth, the GPU backend, needs it). Returns whether it was kept out."""
+    if not _one_run or cfg.quantization != "none" or optim not in PLAIN_OPTIMIZERS or torch.cuda.is_available():
         return False
     if any(name in sys.modules for name in ("bitsandbytes", "peft", "transformers.trainer_utils")):
         return False
