@@ -97,8 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def bench_config(a: argparse.Namespace):
     """The translator's cpu profile (LoRA r/alpha/dropout/targets, lr, schedule) with the benchmark's sizes."""
     from apps.translator.task import TASK
-    from shared.config import assemble, validate
-    from shared.models import keep_bitsandbytes_out
+    from shared.config import resolve
 
     cli = {"model.name": a.model, "model.max_length": a.max_length, "model.dtype": a.dtype,
            "train.batch_size": a.batch_size, "train.grad_accum": 1, "train.max_steps": a.steps,
@@ -108,9 +107,7 @@ def bench_config(a: argparse.Namespace):
            "data.train": a.data}
     if a.chat_template:
         cli["model.chat_template"] = a.chat_template
-    cfg = assemble(yaml_path=TASK.config_path("cpu"), cli=cli)
-    keep_bitsandbytes_out(cfg.model, cfg.train.optim)  # before validate, which imports peft (as the train command)
-    return validate(cfg)
+    return resolve(yaml_path=TASK.config_path("cpu"), cli=cli)
 
 
 def read_rows(a: argparse.Namespace):
@@ -258,7 +255,7 @@ def run_ours(a: argparse.Namespace, work: Path) -> dict:
     """The project's training path: shared.models.load, shared.train.build_dataset, CompletionSFTTrainer."""
     from shared.models import one_run_process
 
-    one_run_process()  # this side's process is its own, as the train command's is
+    one_run_process()  # this side's process is its own, as the train command's is (before its config's checks)
     cfg = bench_config(a)
     from transformers import set_seed
     from transformers.trainer_utils import SaveStrategy

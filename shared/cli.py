@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 from . import runs
-from .config import (ConfigError, anchor_data_paths, apply, assemble, changed_on_resume, coerce, describe_keys,
-                     load_yaml, parse_overrides, validate)
+from .config import (ConfigError, anchor_data_paths, apply, changed_on_resume, coerce, describe_keys, load_yaml,
+                     parse_overrides, resolve, validate)
 from .data import DataError
-from .models import keep_bitsandbytes_out, one_run_process, resolve_profile
+from .models import one_run_process, resolve_profile
 from .task import Task
 
 # Shortcut options -> config keys (everything else: --section.field value or --set section.field=value).
@@ -126,11 +126,6 @@ def _folder(path: str) -> Path:
 
 def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     """Return (cfg, run_dir, profile_reason) for a new or resumed run."""
-
-    def checked(cfg):
-        keep_bitsandbytes_out(cfg.model, cfg.train.optim)  # before validate, which imports peft
-        return validate(cfg)
-
     cli = parse_overrides(rest)
     for name, key in SHORTCUTS.items():
         value = getattr(args, name)
@@ -152,7 +147,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
                               "cannot apply. Change single settings as --section.field VALUE (e.g. "
                               "--train.max_steps 400), or train a new run with --output-dir NEW_DIR")
         run = runs.Run.load(run_dir).require(task.name, finished=False)
-        cfg = checked(anchor_data_paths(apply(run.config(), cli)))  # the run's own config, then your changes
+        cfg = validate(anchor_data_paths(apply(run.config(), cli)))  # the run's own config, then your changes
         changed = changed_on_resume(run.config(), cfg)
         if changed:
             raise ConfigError(f"--resume: {'; '.join(changed)}. The checkpoints in {run_dir} were trained with "
@@ -165,7 +160,7 @@ def build_config(task: Task, args: argparse.Namespace, rest: list[str]):
     requested = args.profile or cli.get("profile") or yaml_flat.get("profile") or "auto"
     profile, reason = resolve_profile(requested)
     yaml_path = args.config or task.config_path(profile)
-    cfg = checked(assemble(yaml_path=yaml_path, cli=cli))
+    cfg = resolve(yaml_path=yaml_path, cli=cli)
     cfg.profile = profile
     anchor_data_paths(cfg)
     cfg.output.runs_root = str(runs.runs_root(cfg.output.runs_root))  # recorded as resolved

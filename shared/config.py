@@ -468,23 +468,20 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def resolve(defaults: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
             cli: dict[str, Any] | None = None) -> RunConfig:
     """Build the run config: dataclass defaults < product defaults < YAML file < command line."""
-    return validate(assemble(defaults, yaml_path, cli))
-
-
-def assemble(defaults: dict[str, Any] | None = None, yaml_path: str | Path | None = None,
-             cli: dict[str, Any] | None = None) -> RunConfig:
-    """resolve() without the final checks (validate), which import transformers."""
     cfg = RunConfig()
     apply(cfg, defaults or {})
     if yaml_path:
         apply(cfg, load_yaml(yaml_path))
     apply(cfg, cli or {})
-    return cfg
+    return validate(cfg)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks that involve several keys or a library, on the final config (after defaults, YAML and command
     line), before anything slow starts. Returns cfg; raises a one-line ConfigError."""
+    from .models import keep_bitsandbytes_out
+
+    keep_bitsandbytes_out(cfg.model, cfg.train.optim)  # first: the optimizer check imports peft, which imports it
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             if f.metadata.get("check"):

@@ -85,10 +85,10 @@ def test_a_command_that_needs_no_bitsandbytes_keeps_it_out(settings, kept_out):
     script = (
         "import sys, json\n"
         "from shared import models\n"
-        "from shared.config import assemble\n"
+        "from shared.config import resolve\n"
         "models.one_run_process()\n"
-        f"cfg = assemble(cli={settings!r})\n"
-        "kept = models.keep_bitsandbytes_out(cfg.model, cfg.train.optim)\n"
+        f"resolve(cli={settings!r})  # as a command's config is resolved\n"
+        "kept = sys.modules.get('bitsandbytes', 'not imported') is None\n"
         "import peft.import_utils, transformers.trainer_utils\n"
         "from transformers.utils import is_bitsandbytes_available\n"
         "print(json.dumps([kept, sys.modules.get('bitsandbytes') is not None,\n"
@@ -105,9 +105,9 @@ def test_a_process_that_is_not_one_commands_own_keeps_bitsandbytes():
     import sys
 
     from shared import models
-    from shared.config import assemble
+    from shared.config import resolve
 
     before = sys.modules.get("bitsandbytes")
-    cfg = assemble()
+    cfg = resolve()
     assert models.keep_bitsandbytes_out(cfg.model, cfg.train.optim) is False
     assert sys.modules.get("bitsandbytes") is before
