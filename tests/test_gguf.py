@@ -8,6 +8,7 @@ The tiny models have weights rounded through float16, so an f16 file holds them 
 the logits is the writer's (a wrong permutation, norm offset or config key moves them by far more than 1e-5)."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -598,6 +599,22 @@ def test_a_local_gguf_is_converted_once_with_one_header_read(model_dir, tmp_path
         assert torch.allclose(a, b, atol=0.05 * b.std()), (a - b).abs().max()
     parses.clear()
     assert models.materialize(str(tmp_path / "m.gguf")) == (kind, folder) and not parses  # cached
+
+    # The added tokens are in the tokenizer config, as in a hub folder; one converted without them (as
+    # transformers 5 saves it) loads the same tokenizer, and gets them written the next time it is asked for.
+    config = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["added_tokens_decoder"]["0"]["content"] == tok.pad_token
+    assert len(config["added_tokens_decoder"]) == len(tok.added_tokens_decoder)
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "tokenizer_config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "added_tokens_decoder"}), encoding="utf-8")
+    bare_tok = AutoTokenizer.from_pretrained(bare)
+    assert bare_tok.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    assert bare_tok.added_tokens_decoder == tok.added_tokens_decoder
+    assert bare_tok.all_special_ids == tok.all_special_ids and bare_tok.padding_side == tok.padding_side
+    models._convert_gguf(tmp_path / "m.gguf", bare)
+    assert json.loads((bare / "tokenizer_config.json").read_text(encoding="utf-8")) == config
 
 
 def test_processes_that_start_together_convert_once(tmp_path, monkeypatch):
