@@ -234,6 +234,49 @@ def test_lora_layer_gives_peft_values_and_gradients_to_rounding(dtype, autocast)
         assert torch.allclose(out_s, out_p, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,saved", [(torch.float32, None), (torch.bfloat16, None),
+                                         (torch.float32, torch.bfloat16)], ids=["float32", "bf16", "float32-kept-bf16"])
+def test_mlp_with_lean_lora_down_keeps_gate_and_up_only(dtype, saved):
+    """A gated MLP with LoRA on all three projections: with the lean layers its down projection's input (the
+    product) is recomputed in backward, not kept; values and gradients are those of the unfused lean layers (bit
+    for bit where nothing is narrowed) and of PEFT (to rounding)."""
+    from peft import LoraConfig, get_peft_model
+
+    def build(fused: bool, lean_layers: bool = True):
+        mlp = _mlp("Gemma3MLP", dtype)
+        if lean_layers:
+            lean.install(mlp)
+        torch.manual_seed(4)
+        model = get_peft_model(torch.nn.Sequential(mlp), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                                    target_modules=["gate_proj", "up_proj", "down_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
+        if lean_layers:
+            assert lean.install_lora(model) == 3
+        if not fused:  # a hook on the down projection keeps it a layer of its own
+            model.base_model.model[0].down_proj.register_forward_pre_hook(lambda m, a: None)
+        return model
+
+    def run(model):
+        x = torch.randn(4, 9, 32, generator=torch.Generator().manual_seed(6)).to(dtype).requires_grad_(True)
+        with lean.saved_in(saved, model):
+            out, kept = _saved_bytes(lambda: model(x))
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(dtype))
+        return out.detach(), kept, [x.grad] + [p.grad for p in model.parameters() if p.requires_grad]
+
+    (out_f, kept_f, grads_f), (out_u, kept_u, grads_u) = run(build(True)), run(build(False))
+    (out_p, _, grads_p) = run(build(True, lean_layers=False))
+    assert torch.equal(out_f, out_u)
+    assert kept_u - kept_f >= 4 * 9 * 96 * (saved or dtype).itemsize  # one [tokens x intermediate] tensor less
+    exact = saved is None  # nothing narrowed: the same operations on the same values
+    tol = 1e-5 if dtype == torch.float32 and exact else 2 ** -6
+    for f, u, p in zip(grads_f, grads_u, grads_p):
+        assert torch.equal(f, u) if exact else torch.allclose(f, u, rtol=tol, atol=tol * u.abs().max().item())
+        assert torch.allclose(f.float(), p.float(), rtol=tol, atol=2 ** -6 * p.abs().max().item())
+
+
 def test_lora_layer_keeps_peft_forward_where_it_does_not_apply():
     x = torch.randn(2, 48)
     plain, slim = _lora_pair(torch.float32, lora_dropout=0.3)
