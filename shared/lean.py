@@ -102,18 +102,29 @@ class _GatedProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gate, up = ctx.saved_tensors
-        with torch.enable_grad():
-            g = gate.detach().requires_grad_(True)
-            activated = ctx.act(g)
-        grad_gate = torch.autograd.grad(activated, g, grad * up)[0] if ctx.needs_input_grad[0] else None
-        grad_up = grad * activated.detach() if ctx.needs_input_grad[1] else None
+        g, activated = _activated(ctx.act, gate)
+        grad_gate, grad_up = _gated_grads(grad, g, activated, up, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return grad_gate, grad_up, None
+
+
+def _activated(act, gate):
+    """(gate as a leaf that requires grad, act(gate) with its graph): act recomputed in backward."""
+    with torch.enable_grad():
+        g = gate.detach().requires_grad_(True)
+        return g, act(g)
+
+
+def _gated_grads(grad, g, activated, up, needs_gate: bool, needs_up: bool):
+    """The gradients of act(gate) * up with respect to gate and up, from `_activated`'s pair."""
+    grad_gate = torch.autograd.grad(activated, g, grad * up)[0] if needs_gate else None
+    grad_up = grad * activated.detach() if needs_up else None
+    return grad_gate, grad_up
 
 
 def _lean_mlp_forward(self, x):
     gate, up, down = self.gate_proj(x), self.up_proj(x), self.down_proj
-    fusable = "_lean" in vars(down) and hasattr(down, "lora_A") and not (down._forward_hooks or down._forward_pre_hooks)
-    dt = _lora_dtype(down, gate) if fusable else None
+    hooked = down._forward_hooks or down._forward_pre_hooks
+    dt = _lora_dtype(down, gate) if "_lean" in vars(down) and hasattr(down, "lora_A") and not hooked else None
     if dt is None:  # a plain or a PEFT-run down projection, or one with hooks of its own to call
         return down(_GatedProduct.apply(gate, up, self.act_fn))
     name, base = down.active_adapters[0], down.base_layer
@@ -191,7 +202,7 @@ def _lora_grads(ctx, grad, xc, weight, ac, bc, hs, needs_x, needs_a, needs_b):
         grad_x = (g @ weight.to(g.dtype)).addmm_(gb, ac, alpha=ctx.scaling)
         grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1]).to(ctx.x_dtype)
     if needs_a:
-        grad_a = (gb.t() @ xc.reshape(-1, xc.shape[-1]).to(gb.dtype)).mul_(ctx.scaling).to(ctx.a_dtype)
+        grad_a = (gb.t() @ xc.reshape(-1, xc.shape[-1])).mul_(ctx.scaling).to(ctx.a_dtype)
     if needs_b:
         grad_b = (g.t() @ hs).to(ctx.b_dtype)
     return grad_x, grad_a, grad_b
@@ -230,7 +241,7 @@ class _GatedLoraDown(torch.autograd.Function):
         product = act(gate) * up
         out, _, ac, bc, hs = _lora_out(product, weight, bias, a, b, scaling, dt)
         ctx.save_for_backward(gate, up, weight, ac, bc, hs)
-        ctx.act, ctx.dt = act, dt
+        ctx.act = act
         ctx.scaling, ctx.x_dtype, ctx.a_dtype, ctx.b_dtype = scaling, product.dtype, a.dtype, b.dtype
         return out.view(*product.shape[:-1], out.shape[-1])
 
@@ -238,15 +249,12 @@ class _GatedLoraDown(torch.autograd.Function):
     def backward(ctx, grad):
         gate, up, weight, ac, bc, hs = ctx.saved_tensors
         need = ctx.needs_input_grad
-        with torch.enable_grad():
-            g = gate.detach().requires_grad_(True)
-            activated = ctx.act(g)
-        product = (activated.detach() * up).to(ctx.dt)
+        g, activated = _activated(ctx.act, gate)
+        product = (activated.detach() * up).to(ac.dtype)  # the matmuls' dtype
         grad_product, grad_a, grad_b = _lora_grads(ctx, grad, product, weight, ac, bc, hs,
                                                    need[0] or need[1], need[5], need[6])
         del product
-        grad_gate = torch.autograd.grad(activated, g, grad_product * up)[0] if need[0] else None
-        grad_up = grad_product * activated.detach() if need[1] else None
+        grad_gate, grad_up = _gated_grads(grad_product, g, activated, up, need[0], need[1])
         return grad_gate, grad_up, None, None, None, grad_a, grad_b, None, None
 
 
