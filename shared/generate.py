@@ -200,10 +200,16 @@ def line_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(breaks, leads, visible) over the tokenizer's ids: token t's text has a line break; it has visible text
     before its first line break; it has visible text at all. Beam search uses them to end an
     answer at its first line break after some text, as `AnswerEnds` does for greedy decoding. Decoding every
-    token once takes about a second for a 262k vocabulary, so the tables are kept on the tokenizer."""
+    token once takes time for a 262k vocabulary, so the tables are kept on the tokenizer, and a fast tokenizer's
+    backend decodes them in one call: 0.5 s against batch_decode's 1.4 s for Gemma 3 (a start of every command
+    that decodes with beams). The two differ only by batch_decode's optional clean-up of spaces before
+    punctuation, which changes none of the three answers."""
     tables = getattr(tokenizer, "_ft_line_tables", None)
     if tables is None:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        ids = [[i] for i in range(len(tokenizer))]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        texts = (backend.decode_batch(ids, skip_special_tokens=False) if backend is not None
+                 else tokenizer.batch_decode(ids))
         tables = (torch.tensor(["\n" in t for t in texts]),
                   torch.tensor([bool(t.split("\n")[0].strip()) for t in texts]),
                   torch.tensor([bool(t.strip()) for t in texts]))

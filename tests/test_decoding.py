@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shared.config import GenerateSettings
-from shared.generate import AnswerEnds, _pick, candidates, consensus, generate, loop_start
+from shared.generate import AnswerEnds, _pick, candidates, consensus, generate, line_tables, loop_start
 
-from .conftest import ROOT
+from .conftest import ROOT, make_tokenizer
 from .test_generate import PROMPTS, _load
 
 SETTINGS = GenerateSettings(max_new_tokens=40, batch_size=3)
@@ -81,6 +81,37 @@ def test_answer_ends_reads_text_not_tokens(gemma_tokenizer):
     ids = lambda text: gemma_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert ends.ended(ids("안녕하세요.\n다음 줄")) and ends.ended(ids("Hello\n"))
     assert not ends.ended(ids("\n\n안녕하세요")) and not ends.ended(ids("안녕하세요"))
+
+
+def _line_tables_by_batch_decode(tokenizer):
+    """The tables' definition, decoded the slow way: every token through batch_decode (with its clean-up)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return (torch.tensor(["\n" in t for t in texts]), torch.tensor([bool(t.split("\n")[0].strip()) for t in texts]),
+            torch.tensor([bool(t.strip()) for t in texts]))
+
+
+def _fresh_line_tables(tokenizer):
+    tokenizer.__dict__.pop("_ft_line_tables", None)  # computed now, not kept from an earlier test
+    return line_tables(tokenizer)
+
+
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_line_tables_match_decoding_each_token(clean_up):
+    tokenizer = make_tokenizer()
+    tokenizer.clean_up_tokenization_spaces = clean_up
+    for ours, reference in zip(_fresh_line_tables(tokenizer), _line_tables_by_batch_decode(tokenizer)):
+        assert torch.equal(ours, reference)
+    breaks, leads, visible = line_tables(tokenizer)
+    newline, space, letter = (tokenizer.convert_tokens_to_ids(t) for t in ("Ċ", "Ġ", "a"))
+    assert breaks[newline] and not leads[newline] and not visible[space] and visible[letter] and leads[letter]
+
+
+@pytest.mark.slow
+def test_line_tables_of_gemma_match_decoding_each_token(gemma_tokenizer):
+    tables = _fresh_line_tables(gemma_tokenizer)
+    for ours, reference in zip(tables, _line_tables_by_batch_decode(gemma_tokenizer)):
+        assert torch.equal(ours, reference)
+    assert 0 < int(tables[0].sum()) < 1000  # Gemma has tokens of line breaks, and few
 
 
 @pytest.mark.slow
