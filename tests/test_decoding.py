@@ -84,7 +84,7 @@ def test_answer_ends_reads_text_not_tokens(gemma_tokenizer):
 
 
 def _line_tables_by_batch_decode(tokenizer):
-    """The tables' definition, decoded the slow way: every token through batch_decode (with its clean-up)."""
+    """The tables' definition, decoded the slow way: every token through batch_decode."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return (torch.tensor(["\n" in t for t in texts]), torch.tensor([bool(t.split("\n")[0].strip()) for t in texts]),
             torch.tensor([bool(t.strip()) for t in texts]))
@@ -95,10 +95,8 @@ def _fresh_line_tables(tokenizer):
     return line_tables(tokenizer)
 
 
-@pytest.mark.parametrize("clean_up", [False, True])
-def test_line_tables_match_decoding_each_token(clean_up):
+def test_line_tables_match_decoding_each_token():
     tokenizer = make_tokenizer()
-    tokenizer.clean_up_tokenization_spaces = clean_up
     for ours, reference in zip(_fresh_line_tables(tokenizer), _line_tables_by_batch_decode(tokenizer)):
         assert torch.equal(ours, reference)
     breaks, leads, visible = line_tables(tokenizer)
