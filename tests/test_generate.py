@@ -170,3 +170,27 @@ def test_a_generation_config_with_its_own_processors_decodes_with_model_generate
     model.generation_config.suppress_tokens = None
     model._ft_unsloth_generation = True
     assert not g._own_greedy_applies(model)
+
+
+def test_beam_search_writes_each_step_into_room_left_by_the_reorder(tiny_gemma_dir, monkeypatch):
+    """Beam search's reorder leaves one free position per cache layer and the next step writes there, instead of
+    transformers concatenating the whole cache again; the answers and scores are those of transformers' own
+    reorder, also for prompts whose sliding-window layers slide (the tiny Gemma's window is 32 tokens)."""
+    import shared.generate as g
+    from shared.config import ModelConfig
+    from shared.models import load
+
+    model, tok, fmt = load(ModelConfig(name=str(tiny_gemma_dir), chat_template="chatml", dtype="float32",
+                                       max_length=256), training=False)
+    model = model.eval()
+    prompts = MANY[:4] + [p.replace("user\n", "user\n" + "long context " * 4) for p in MANY[4:]]
+    written = []
+    in_room = g._update_in_room
+    monkeypatch.setattr(g, "_update_in_room", lambda layer, *a, **kw: written.append(layer) or in_room(layer, *a, **kw))
+    ours = candidates(model, tok, fmt, prompts, 3, 24, batch_size=2)
+    assert {type(layer).__name__ for layer in written} == {"DynamicLayer", "DynamicSlidingWindowLayer"}
+    monkeypatch.setattr(g, "_reorder_with_room", lambda cache, rows: cache.reorder_cache(rows))
+    theirs = candidates(model, tok, fmt, prompts, 3, 24, batch_size=2)
+    assert [[text for text, _ in c] for c in ours] == [[text for text, _ in c] for c in theirs]
+    assert [s for c in ours for _, s in c] == pytest.approx([s for c in theirs for _, s in c], abs=1e-4)
+    assert max(len(tok(p)["input_ids"]) for p in prompts) + 24 > 32  # some prompts run past the window
