@@ -551,8 +551,7 @@ def _reorder_with_room(cache, rows: torch.Tensor) -> None:
         cache.reorder_cache(rows)
         return
     for layer in cache.layers:
-        length = layer.get_seq_length() if getattr(layer, "is_initialized", False) else 0
-        kind = type(layer)
+        kind, length = type(layer), layer.get_seq_length()  # 0 for a layer not yet filled
         if length == 0 or kind not in (plain, sliding) or (
                 kind is sliding and (layer.record_past or length + 1 > layer.sliding_window - 1)):
             layer.reorder_cache(rows)
@@ -585,7 +584,8 @@ def _update_in_room(layer, key_states: torch.Tensor, value_states: torch.Tensor,
     room[0][..., -1:, :].copy_(key_states)
     room[1][..., -1:, :].copy_(value_states)
     layer.keys, layer.values = room
-    if type(layer) is _dynamic_cache_classes()[2]:
+    _, _, sliding = _dynamic_cache_classes()
+    if type(layer) is sliding:
         layer.cumulative_length += 1
     return layer.keys, layer.values
 
