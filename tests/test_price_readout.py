@@ -65,6 +65,67 @@ def test_the_ridge_is_sklearns_ridge_on_standardised_features():
     assert few.alpha == readout.DEFAULT_ALPHA and few.cv_mae == {}
 
 
+def _items_priced_by_their_words(n: int, seed: int):
+    """Features that carry half of the log price and texts whose material word carries the other half."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6))
+    materials = rng.integers(0, 3, size=n)
+    logs = 3.0 + 0.4 * x[:, 0] - 0.3 * x[:, 1] + np.array([-0.8, 0.0, 0.8])[materials] + rng.normal(scale=0.05,
+                                                                                                  size=n)
+    words = np.array(["plastic", "steel", "silver"])[materials]
+    texts = [f"Kettle model {i}\nA {w} kettle for the kitchen." for i, w in enumerate(words)]
+    return x, np.expm1(logs).tolist(), texts
+
+
+def test_the_text_block_is_sklearns_ridge_on_state_and_weighted_tfidf():
+    """The Gram-matrix solution equals sklearn's Ridge on [standardised state, weight x TF-IDF] for every
+    strength, and its primal form (what readout.json keeps) predicts what the dual form does."""
+    from scipy import sparse
+    from sklearn.linear_model import Ridge
+
+    from apps.price_predictor.baselines import text_vectorizer
+
+    x, prices, texts = _items_priced_by_their_words(80, 5)
+    xh, _, texts_h = _items_priced_by_their_words(20, 6)
+    vectorizer = text_vectorizer(len(texts)).fit(texts)
+    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    zh = (xh - x.mean(0)) / (x.std(0) + 1e-6)
+    paths = readout._TextRidgePaths(x, prices, readout._Text(texts), 30.0)
+    for i in (0, 4, 8):
+        design = sparse.hstack([sparse.csr_matrix(z), 30.0 * vectorizer.transform(texts)]).tocsr()
+        reference = Ridge(alpha=readout.ALPHAS[i], solver="lsqr", tol=1e-10).fit(design, np.log1p(prices))
+        held = sparse.hstack([sparse.csr_matrix(zh), 30.0 * vectorizer.transform(texts_h)]).tocsr()
+        expected = np.clip(np.expm1(reference.predict(held)), 0.5, 999.49)
+        np.testing.assert_allclose(paths.predict_each(xh, texts_h)[i], expected, rtol=1e-5)
+        coef, intercept, block = paths.solution(i)
+        saved = readout.Readout(paths.mean.tolist(), paths.scale.tolist(), coef.tolist(), intercept,
+                                readout.ALPHAS[i], "d", 80, text_weight=30.0, text=block)
+        np.testing.assert_allclose(saved.predict(xh, texts_h), expected, rtol=1e-4)
+
+
+def test_fit_takes_the_text_in_when_the_words_carry_the_price():
+    x, prices, texts = _items_priced_by_their_words(200, 7)
+    xv, valid, texts_v = _items_priced_by_their_words(60, 8)
+    fitted = readout.fit(x, prices, xv, valid, digest="abc", train_texts=texts, valid_texts=texts_v)
+    assert fitted.text_weight > 0 and fitted.text
+    best = min(fitted.cv_mae, key=fitted.cv_mae.get)
+    assert best == f"{fitted.alpha}, text {fitted.text_weight:g}" and str(fitted.alpha) in fitted.cv_mae
+    alone = min(v for k, v in fitted.cv_mae.items() if "text" not in k)
+    assert fitted.cv_mae[best] < alone / 2  # the state alone misses the material's half of the price
+    guesses = fitted.predict(xv, texts_v)
+    assert np.mean(np.abs(np.log1p(guesses) - np.log1p(valid))) < 0.1
+    # readout.json round trip: the same prices from the saved vocabulary, idf and coefficients
+    again = readout.Readout(**json.loads(json.dumps(dataclasses.asdict(fitted))))
+    np.testing.assert_allclose(again.predict(xv, texts_v), guesses, rtol=1e-4)
+    with pytest.raises(ValueError, match="text too"):
+        fitted.predict(xv)
+    # without texts (or too few rows to cross-validate) the read-out is the state alone, as before
+    plain = readout.fit(x, prices, train_texts=None)
+    assert plain.text is None and plain.text_weight == 0 and all("text" not in k for k in plain.cv_mae)
+    few = readout.fit(x[:6], prices[:6], train_texts=texts[:6])
+    assert few.text is None and few.predict(xv[:2]) == few.predict(xv[:2], texts_v[:2])
+
+
 @pytest.fixture()
 def run(tmp_path):
     items = [{"title": f"kettle {i}", "description": "A kettle.", "price": 10.0 + i} for i in range(30)]
@@ -90,7 +151,7 @@ def test_a_saved_read_out_is_reused_only_for_the_weights_it_was_fitted_on(run, m
     train_rows, valid_rows = rows[:24], rows[24:]
     first = readout.prepare(run, None, None, None, train_rows, valid_rows)
     assert read == [24, 6] and (run.path / readout.FILE).is_file()
-    assert first.predict([[np.log1p(20.0), 1.0]])[0] == pytest.approx(20.0, rel=0.05)
+    assert first.predict([[np.log1p(20.0), 1.0]], ["kettle 10\nA kettle."])[0] == pytest.approx(20.0, rel=0.05)
     assert readout.prepare(run, None, None, None, train_rows, valid_rows) == first and read == [24, 6]
     # weights trained further: refitted, not reused
     (run.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights v2, trained further")

@@ -25,17 +25,24 @@ def text_of(row) -> str:
     return f"{row['title']}\n{row['description']}"
 
 
+def text_vectorizer(rows: int, vocabulary: list[str] | None = None):
+    """The TF-IDF features of an item's text (word 1-2-grams), for a fit on `rows` training items, or over a saved
+    vocabulary (then set its idf_ before use). The text ridge and the read-out's text block share it."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    # min_df 2 drops one-off words (noise) on real data; a handful of rows has few repeated words at all
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2 if rows >= 20 else 1, max_features=50_000,
+                           sublinear_tf=True, vocabulary=vocabulary)
+
+
 def fit_text_ridge(train_rows):
     """TF-IDF (word 1-2-grams) + ridge regression on log price, fitted on train_rows; returns rows -> prices."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import Ridge
 
     if len(train_rows) < 2:
         raise ConfigError(f"the text baseline needs at least 2 training items with a usable price; got "
                           f"{len(train_rows)}")
-    # min_df 2 drops one-off words (noise) on real data; a handful of rows has few repeated words at all
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train_rows) >= 20 else 1,
-                                 max_features=50_000, sublinear_tf=True)
+    vectorizer = text_vectorizer(len(train_rows))
     x_train = vectorizer.fit_transform([text_of(r) for r in train_rows])
     model = Ridge(alpha=1.0).fit(x_train, [math.log1p(r["price"]) for r in train_rows])
 

@@ -27,7 +27,7 @@ from shared.train import read_splits
 
 from . import ensemble as blend
 from . import readout as head
-from .baselines import fit_text_ridge, run_baselines
+from .baselines import fit_text_ridge, run_baselines, text_of
 from .report import metric_rows, scatter, table
 from .task import TASK, is_hit, mean_price, median_price, parse_price, price_metrics
 
@@ -87,8 +87,8 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
         read = None
         if readout:
             t0 = time.time()
-            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows,
-                            test_x, valid_x)
+            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, plan.rows, prompts,
+                            valid_rows, test_x, valid_x)
             timings["readout_s"] = round(time.time() - t0, 1)
         return test, valid, read
 
@@ -160,11 +160,11 @@ def _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, te
     return rows
 
 
-def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, valid_rows, test_x=None,
+def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, rows, prompts, valid_rows, test_x=None,
              valid_x=None):
-    """(read-out price per test prompt, per ensemble validation row or None): the run's saved read-out, or one
-    fitted now on its training rows (alpha chosen on all its validation rows). test_x, valid_x: the features of
-    the test prompts and of the ensemble's validation rows (= the run's) when the caller has them already."""
+    """(read-out price per test row, per ensemble validation row or None): the run's saved read-out, or one
+    fitted now on its training rows. prompts: the test rows' prompts. test_x, valid_x: the features of the test
+    prompts and of the ensemble's validation rows (= the run's) when the caller has them already."""
     fitted = head.load(run)
     if valid_x is None and (valid_rows or fitted is None):
         valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows")
@@ -172,7 +172,8 @@ def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, prompts, va
         fitted = head.fit_and_save(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
     if test_x is None:
         test_x = prompt_states(model, tokenizer, prompts, head.BATCH, "read-out")
-    return fitted.predict(test_x.numpy()), fitted.predict(valid_x.numpy()) if valid_rows else None
+    return (fitted.predict(test_x.numpy(), [text_of(r) for r in rows]),
+            fitted.predict(valid_x.numpy(), [text_of(r) for r in valid_rows]) if valid_rows else None)
 
 
 def _ensemble(metrics, truth, test_members: dict, valid_members: dict, valid_rows, source: str) -> list[float] | None:
