@@ -124,6 +124,9 @@ def test_fit_takes_the_text_in_when_the_words_carry_the_price():
     assert plain.text is None and plain.text_weight == 0 and all("text" not in k for k in plain.cv_mae)
     few = readout.fit(x[:6], prices[:6], train_texts=texts[:6])
     assert few.text is None and few.predict(xv[:2]) == few.predict(xv[:2], texts_v[:2])
+    # texts with no word to count (TF-IDF keeps words of 2+ letters): the state alone, not a failed run
+    wordless = readout.fit(x, prices, train_texts=["x"] * len(x))
+    assert wordless.text is None and wordless.cv_mae == plain.cv_mae
 
 
 @pytest.fixture()

@@ -19,9 +19,8 @@ Xeon with AMX, 8 min on the EPYC), so `train` fits it at the end of a price run 
 the test prompts' features from its beam search's prefill). It is kept in <run>/readout.json with a digest of
 the weights it was fitted on: weights trained further are refitted, never silently reused.
 The ridge strength and text weight are the pair with the lowest 5-fold cross-validated MAE on the training rows.
-Picked
-on the 155 validation rows of the dev run instead, the strengths' MAEs lay within $0.70 of each other ($31.35 to
-$32.05, $35.11 for the strongest) and the pick moved between runs; the validation MAE is still recorded.
+Picked on the 155 validation rows of the dev run instead, the strengths' MAEs lay within $0.70 of each other
+($31.35 to $32.05, $35.11 for the strongest) and the pick moved between runs; the validation MAE is still recorded.
 """
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ BATCH = 16  # prompts per forward pass: 256 dev prompts took 26 s at 16, 58 s at
 # The item's TF-IDF text features (baselines.text_vectorizer) join the state, scaled by one of these against the
 # standardised state's unit spread; 0 = the state alone. 100 with alpha 10,000 penalises the text as the text
 # ridge baseline does, so the grid runs from "state with a little text" to "text ridge with a little state". On
-# the dev data (3 epochs, float32) cross-validation picked 30: read-out $40.29 -> $39.31.
+# the dev data (3 epochs, float32) cross-validation picked 30: read-out $40.29 -> $39.52.
 TEXT_WEIGHTS = (0.0, 10.0, 30.0, 100.0)
 # The text block is fitted through the rows' n x n Gram matrix (its columns run to 50,000); one eigendecomposition
 # per fold and weight took 1.2 s at 2,357 rows (2-core Xeon) and grows with the cube of the rows, so above this
@@ -121,16 +120,12 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
         log(f"read-out: {len(x)} training rows, more than {TEXT_MAX_ROWS}: the hidden state alone, no text block")
     cv: dict[str, float] = {}
     if can_cv:
-        folds = np.array_split(np.random.default_rng(0).permutation(len(x)), FOLDS)
-        errors = {_key(a, w): 0.0 for w in weights for a in ALPHAS}
-        for held in folds:
-            kept = np.setdiff1d(np.arange(len(x)), held)
-            text = _Text(texts[kept]) if len(weights) > 1 else None
-            for w in weights:
-                paths = _paths(x[kept], prices[kept], text, w)
-                for a, guesses in zip(ALPHAS, paths.predict_each(x[held], None if texts is None else texts[held])):
-                    errors[_key(a, w)] += float(np.abs(guesses - prices[held]).sum())
-        cv = {k: round(e / len(x), 4) for k, e in errors.items()}
+        try:
+            cv = _cross_validate(x, prices, texts, weights)
+        except ValueError as e:  # sklearn's "empty vocabulary": no word repeats across the rows of a fold
+            log(f"read-out: no text block ({e}); the hidden state alone")
+            weights = (0.0,)
+            cv = _cross_validate(x, prices, texts, weights)
     best_alpha, best_weight = (min(((a, w) for w in weights for a in ALPHAS), key=lambda aw: cv[_key(*aw)])
                                if cv else (DEFAULT_ALPHA, 0.0))
     scores: dict[str, float] = {}
@@ -143,9 +138,25 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
         if valid_x is not None and len(valid_x) and (not w or valid_texts is not None):
             for a, guesses in zip(ALPHAS, paths.predict_each(np.asarray(valid_x, dtype=np.float64), valid_texts)):
                 scores[_key(a, w)] = round(float(np.abs(guesses - np.asarray(valid_prices)).mean()), 4)
-    coef, intercept, text = chosen.solution(ALPHAS.index(best_alpha))
+    coef, intercept, block = chosen.solution(ALPHAS.index(best_alpha))
     return Readout(chosen.mean.tolist(), chosen.scale.tolist(), coef.tolist(), intercept, best_alpha, digest,
-                   len(x), scores, cv, best_weight, text)
+                   len(x), scores, cv, best_weight, block)
+
+
+def _cross_validate(x, prices, texts, weights) -> dict[str, float]:
+    """The 5-fold cross-validated MAE of every (alpha, text weight), keyed as _key names them."""
+    import numpy as np
+
+    folds = np.array_split(np.random.default_rng(0).permutation(len(x)), FOLDS)
+    errors = {_key(a, w): 0.0 for w in weights for a in ALPHAS}
+    for held in folds:
+        kept = np.setdiff1d(np.arange(len(x)), held)
+        text = _Text(texts[kept]) if len(weights) > 1 else None
+        for w in weights:
+            paths = _paths(x[kept], prices[kept], text, w)
+            for a, guesses in zip(ALPHAS, paths.predict_each(x[held], None if texts is None else texts[held])):
+                errors[_key(a, w)] += float(np.abs(guesses - prices[held]).sum())
+    return {k: round(e / len(x), 4) for k, e in errors.items()}
 
 
 def _paths(x, prices, text, weight: float):
