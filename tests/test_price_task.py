@@ -294,9 +294,9 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         return evaluation.Predictions(plan.run, plan.source, plan.rows, tuned, None, {}, {}, plan.cfg,
                                       extra(None, None, fmt, prompts))
 
-    def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, rows, prompts, valid_rows, test_x,
-                valid_x):
+    def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, rows, valid_rows, test_x, valid_x):
         order.append(f"readout {len(train_rows)}/{len(run_valid_rows)}")  # fitted on the run's own splits
+        prompts = [TASK.inference_prompt(r, fmt) for r in rows]
         if beams:  # the features come from the searches' prefills, not from another pass
             assert test_x[:, 0].tolist() == pytest.approx([prices[p][0] for p in prompts])
             assert valid_x.shape == (len(valid_rows), 1) and not valid_x.isnan().any()

@@ -21,7 +21,7 @@ import time
 from shared import evaluation
 from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 from shared.data import DataReport
-from shared.generate import candidates, generate, prompt_states
+from shared.generate import candidates, generate
 from shared.log import log
 from shared.train import read_splits
 
@@ -87,8 +87,8 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
         read = None
         if readout:
             t0 = time.time()
-            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, plan.rows, prompts,
-                            valid_rows, test_x, valid_x)
+            read = _readout(plan.run, model, tokenizer, fmt, train_rows, run_valid_rows, plan.rows, valid_rows,
+                            test_x, valid_x)
             timings["readout_s"] = round(time.time() - t0, 1)
         return test, valid, read
 
@@ -160,18 +160,17 @@ def _prediction_rows(p, truth, tuned, base, found, medians, means, test_read, te
     return rows
 
 
-def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, rows, prompts, valid_rows, test_x=None,
-             valid_x=None):
+def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, rows, valid_rows, test_x=None, valid_x=None):
     """(read-out price per test row, per ensemble validation row or None): the run's saved read-out, or one
-    fitted now on its training rows. prompts: the test rows' prompts. test_x, valid_x: the features of the test
-    prompts and of the ensemble's validation rows (= the run's) when the caller has them already."""
+    fitted now on its training rows. test_x, valid_x: the features of the test rows and of the ensemble's
+    validation rows (= the run's) when the caller has them already."""
     fitted = head.load(run)
     if valid_x is None and (valid_rows or fitted is None):
         valid_x = head.states(model, tokenizer, fmt, run_valid_rows, "read-out: validation rows")
     if fitted is None:
         fitted = head.fit_and_save(run, model, tokenizer, fmt, train_rows, run_valid_rows, valid_x)
     if test_x is None:
-        test_x = prompt_states(model, tokenizer, prompts, head.BATCH, "read-out")
+        test_x = head.states(model, tokenizer, fmt, rows, "read-out")
     return (fitted.predict(test_x.numpy(), [text_of(r) for r in rows]),
             fitted.predict(valid_x.numpy(), [text_of(r) for r in valid_rows]) if valid_rows else None)
 

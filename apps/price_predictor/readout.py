@@ -130,7 +130,7 @@ def fit(train_x, train_prices: list[float], valid_x=None, valid_prices: list[flo
                                if cv else (DEFAULT_ALPHA, 0.0))
     scores: dict[str, float] = {}
     chosen = None
-    text = _Text(texts) if len(weights) > 1 else None
+    text = _Text(texts) if any(weights) else None
     for w in weights:
         paths = _paths(x, prices, text, w)
         if w == best_weight:
@@ -151,7 +151,7 @@ def _cross_validate(x, prices, texts, weights) -> dict[str, float]:
     errors = {_key(a, w): 0.0 for w in weights for a in ALPHAS}
     for held in folds:
         kept = np.setdiff1d(np.arange(len(x)), held)
-        text = _Text(texts[kept]) if len(weights) > 1 else None
+        text = _Text(texts[kept]) if any(weights) else None
         for w in weights:
             paths = _paths(x[kept], prices[kept], text, w)
             for a, guesses in zip(ALPHAS, paths.predict_each(x[held], None if texts is None else texts[held])):
@@ -190,11 +190,16 @@ def _ridge(x, prices, alphas) -> _RidgePaths:
     sklearn's Ridge), for every alpha at the cost of one SVD."""
     import numpy as np
 
-    mean, scale = x.mean(0), x.std(0) + 1e-6
+    mean, scale = _standardisation(x)
     y = np.log1p(prices)
     u, s, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
     uty = u.T @ (y - y.mean())
     return _RidgePaths(mean, scale, vt, [s / (s * s + a) * uty for a in alphas], float(y.mean()))
+
+
+def _standardisation(x):
+    """Per-feature mean and spread of the training rows (the spread kept off 0 for a constant feature)."""
+    return x.mean(0), x.std(0) + 1e-6
 
 
 class _Text:
@@ -223,7 +228,7 @@ class _TextRidgePaths:
     def __init__(self, x, prices, text: _Text, weight: float):
         import numpy as np
 
-        self.mean, self.scale = x.mean(0), x.std(0) + 1e-6
+        self.mean, self.scale = _standardisation(x)
         self.z = (x - self.mean) / self.scale
         self.text, self.w2 = text, weight * weight
         y = np.log1p(prices)
