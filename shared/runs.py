@@ -87,6 +87,19 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     return obj
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON object on each non-empty line of a file this project wrote; a damaged line names itself."""
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise ConfigError(f"{path}, line {n}: not valid JSON") from None
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
@@ -416,15 +429,7 @@ class Run:
         """(metrics or None, prediction rows) of one evaluation; a missing one is not an error."""
         out = self.eval_dir(name)
         metrics = read_json(out / "metrics.json", "evaluation metrics") if (out / "metrics.json").is_file() else None
-        rows = []
-        if (out / "predictions.jsonl").is_file():
-            with (out / "predictions.jsonl").open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except ValueError:
-                            raise ConfigError(f"{out / 'predictions.jsonl'}, line {n}: not valid JSON") from None
+        rows = read_jsonl(out / "predictions.jsonl") if (out / "predictions.jsonl").is_file() else []
         return metrics, rows
 
 

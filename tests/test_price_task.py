@@ -223,6 +223,51 @@ def test_ensemble_falls_back_to_the_ridge_estimate_without_an_llm_price():
         ensemble.fit({"llm": [None] * 30, "ridge": ridge}, truth)
 
 
+def test_ensemble_choice_keeps_a_member_alone_when_no_blend_pays_under_leave_one_out():
+    """A member as it is competes with the fitted blends: fitting weights on the items scored would flatter the
+    blend, leave-one-out does not, and a blend of pure noise must lose to the good member alone."""
+    import math
+    import random
+
+    from apps.price_predictor import ensemble
+
+    rng = random.Random(3)
+    truth = [math.expm1(rng.uniform(1, 6)) for _ in range(40)]
+    readout = [t * math.exp(0.1 if i % 2 else -0.1) for i, t in enumerate(truth)]  # unbiased, 10% off either way
+    noise = [math.expm1(rng.uniform(1, 6)) for _ in truth]  # carries nothing
+    chosen, scores = ensemble.choose({"llm": noise, "readout": readout, "ridge": noise[::-1]}, truth)
+    assert chosen.name == "alone: read-out" and chosen.fitted_numbers == 0
+    assert chosen.blend.summary() == {"intercept": 0.0, "readout": 1.0, "fitted_on": 40}
+    # an unparsed LLM answer takes nothing from an ensemble without the LLM
+    assert chosen.blend.predict({"llm": [None, 5.0], "readout": [80.0, 70.0], "ridge": [9.0, 9.0]}) == \
+        pytest.approx([80.0, 70.0])
+    assert scores["alone: read-out"] == pytest.approx(sum(abs(r - t) for r, t in zip(readout, truth)) / 40, abs=1e-3)
+    assert len(scores) == 3 + 7  # each member alone, the blend of each non-empty subset
+    assert ensemble.name(list(chosen.blend.weights), chosen.name) == "ensemble: read-out alone"
+
+
+def test_ensemble_choice_takes_the_blend_where_the_members_err_in_different_places():
+    import math
+    import random
+
+    from apps.price_predictor import ensemble
+
+    llm, ridge, truth = _synthetic(60, 0.2, 0.5, 0.5, seed=4)  # the truth is exactly half one, half the other
+    rng = random.Random(5)
+    readout = [t * rng.uniform(0.5, 2.0) for t in truth]
+    chosen, scores = ensemble.choose({"llm": llm, "readout": readout, "ridge": ridge}, truth)
+    assert chosen.name == "fitted: fine-tuned + TF-IDF ridge"
+    assert chosen.blend.weights == pytest.approx({"llm": 0.5, "ridge": 0.5}, abs=1e-3)
+    assert scores[chosen.name] < 0.01 < min(v for k, v in scores.items() if k.startswith("alone"))
+    # the blend of all three is as good (the read-out's weight 0): the tie goes to the blend with fewer weights
+    assert scores["fitted: fine-tuned + read-out + TF-IDF ridge"] == scores[chosen.name]
+    assert ensemble.name(list(chosen.blend.weights), chosen.name) == "ensemble: fine-tuned + TF-IDF ridge"
+    # a member that is right up to a constant factor is rescaled, not blended with anything
+    scaled = [1.1 * math.expm1(math.log1p(t)) for t in truth]
+    chosen, _ = ensemble.choose({"llm": scaled, "readout": readout, "ridge": ridge}, truth)
+    assert list(chosen.blend.weights) == ["llm"] and ensemble.name(["llm"], chosen.name) == "ensemble: fine-tuned, rescaled"
+
+
 @pytest.mark.parametrize("beams", [0, 8])
 def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch, beams):
     """The evaluate wiring with a stand-in for the model: validation rows are read and the ridge fitted before any
@@ -283,9 +328,9 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         return [[(answer(p), -0.1), (answer(p, 2.2), -3.0)] for p in prompts]
 
     fitted_on = []
-    real_fit = price_eval.blend.fit
-    monkeypatch.setattr(price_eval.blend, "fit", lambda members, truth: fitted_on.extend(members["llm"])
-                        or real_fit(members, truth))
+    real_choose = price_eval.blend.choose
+    monkeypatch.setattr(price_eval.blend, "choose", lambda members, truth: fitted_on.extend(members["llm"])
+                        or real_choose(members, truth))
 
     def predict_both(task, plan, with_base=True, extra=None, **overrides):
         fmt = get_format("chatml")
@@ -323,16 +368,17 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
                                                          (f"{first['price'] * 2.2:.2f}", -3.0)]))
     assert ens["n"] == 12 and ens["unparsed"] == 0 and ens["llm"] == ("mean of 8 beams" if beams else "greedy")
     assert ens["weights"]["fitted_on"] == 23  # item 3 of the validation rows gave no price
-    # the stand-in is always 10% high: the blend takes it alone and removes the bias
-    assert ens["members"] == ["llm", "readout", "ridge"]
+    # the stand-in is always 10% high: the ensemble rescales it alone, which removes the bias
+    assert ens["offered"] == ["llm", "readout", "ridge"] and ens["members"] == ["llm"]
+    assert ens["chosen"] == "fitted: fine-tuned" and len(ens["validation_mae"]) == 10
     assert ens["weights"]["llm"] == pytest.approx(1.0, abs=0.02)
-    assert ens["weights"]["ridge"] < 0.02 and ens["weights"]["readout"] < 0.02
+    assert ens["validation_mae"]["fitted: fine-tuned"] < ens["validation_mae"]["alone: fine-tuned"]
     assert metrics["readout"]["n"] == 12
     assert ens["mae"] < metrics["finetuned"]["mae"]
     name = "test" if beams == price_eval.BEAMS else f"test-beams{beams}"  # beside the default's, not instead
     saved = json.loads((run.path / "eval" / name / "metrics.json").read_text())
     shown = list(metric_rows(saved))
-    assert shown[-2:] == ["fine-tuned, hidden-state read-out", "ensemble: fine-tuned + read-out + TF-IDF ridge"]
+    assert shown[-2:] == ["fine-tuned, hidden-state read-out", "ensemble: fine-tuned, rescaled"]
     assert ("fine-tuned, 8-beam mean" in shown) == bool(beams)
     rows = [json.loads(line) for line in (run.path / "eval" / name / "predictions.jsonl").read_text().splitlines()]
     fallback = [r for r in rows if r["finetuned"] is None]

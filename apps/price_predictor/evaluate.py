@@ -8,9 +8,11 @@
 Rows: the two baselines, the base model, the fine-tuned model decoded greedily, the fine-tuned model's weighted
 median and mean price over its N likeliest (a beam search that reads each prompt once and stops at the price's
 '.': about the cost of greedy decoding; --beams 0 skips it), its hidden-state read-out (fitted by `train`, or
-here once if the run has none), and the ensemble ("ensemble: fine-tuned + read-out + TF-IDF ridge"), fitted on
-the run's validation rows (its data.valid file, or the rows training held out) and scored on the test rows.
-Writes <run>/eval/<name>/metrics.json, predictions.jsonl and scatter.png (truth vs fine-tuned, coloured by hit),
+here once if the run has none), and the ensemble (e.g. "ensemble: fine-tuned + read-out"): the combination of
+those three with the lowest MAE on the run's validation rows (its data.valid file, or the rows training held out;
+ensemble.py), scored on the test rows.
+Writes <run>/eval/<name>/metrics.json, predictions.jsonl, scatter.png (truth vs fine-tuned, coloured by hit) and
+ensemble_validation.jsonl (the members' estimates on the validation rows the ensemble was chosen on),
 where <name> is "test" for the run's own test file and the file's name otherwise.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared.cli import check_counts, decoding_overrides, eval_parser, run_cli
 from shared.data import DataReport
 from shared.generate import candidates, generate
 from shared.log import log
+from shared.runs import write_jsonl
 from shared.train import read_splits
 
 from . import ensemble as blend
@@ -124,14 +127,22 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
                for k in ("base", "finetuned", "finetuned_median", "finetuned_mean", "readout", "ensemble")
                if k in metrics}
     out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
+    if blended is not None:  # the members' inputs, so that the combinations can be compared without the model
+        offered = metrics["ensemble"]["offered"]
+        write_jsonl(out / blend.VALIDATION_FILE, [{"line": r.line, "price": r["price"],
+                                                   **{m: valid_members[m][i] for m in offered}}
+                                                  for i, r in enumerate(valid_rows)])
+    else:  # never leave an earlier evaluation's beside this one's predictions
+        (out / blend.VALIDATION_FILE).unlink(missing_ok=True)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     print(table(metric_rows(metrics)))
     if "ensemble" in metrics:
         ens = metrics["ensemble"]
         terms = " + ".join(f"{ens['weights'][m]:.3f} x log1p({blend.LABELS[m]})" for m in ens["members"])
-        print(f"ensemble: log1p(price) = {ens['weights']['intercept']:.3f} + {terms}, fitted on "
-              f"{ens['weights']['fitted_on']} validation items (fine-tuned: {ens['llm']})")
+        print(f"ensemble: log1p(price) = {ens['weights']['intercept']:.3f} + {terms}, the lowest validation MAE of "
+              f"{len(ens['validation_mae'])} combinations on {ens['weights']['fitted_on']} items "
+              f"(fine-tuned: {ens['llm']}; python -m apps.price_predictor.ensemble --run ... lists them)")
     unparsed = [x for x in predictions if x["finetuned"] is None][:5]
     for x in unparsed:
         print(f"unparsed answer (line {x['line']}): {x['finetuned_answer']!r}")
@@ -176,19 +187,21 @@ def _readout(run, model, tokenizer, fmt, train_rows, run_valid_rows, rows, valid
 
 
 def _ensemble(metrics, truth, test_members: dict, valid_members: dict, valid_rows, source: str) -> list[float] | None:
-    """Fit the blend of the members that have estimates on the validation rows and score it on the test rows (into
-    metrics); the blended prices."""
+    """Choose the ensemble among the members that have estimates on the validation rows (ensemble.choose) and score
+    it on the test rows (into metrics); the ensemble's prices."""
     if valid_members["llm"] is None:
         return None
-    members = [m for m in ("llm", "readout", "ridge") if valid_members[m] is not None]
+    offered = [m for m in ("llm", "readout", "ridge") if valid_members[m] is not None]
     try:
-        fitted = blend.fit({m: valid_members[m] for m in members}, [r["price"] for r in valid_rows])
+        chosen, candidates = blend.choose({m: valid_members[m] for m in offered}, [r["price"] for r in valid_rows])
     except ValueError as e:  # too few parsed validation answers: the other rows still stand
         log(f"no ensemble: {e}")
         return None
-    blended = fitted.predict({m: test_members[m] for m in members})
-    metrics["ensemble"] = {**price_metrics(truth, blended), "members": members, "weights": fitted.summary(),
-                           "llm": source, "ridge_fallbacks": sum(x is None for x in test_members["llm"])}
+    blended = chosen.blend.predict({m: test_members[m] for m in offered})
+    metrics["ensemble"] = {**price_metrics(truth, blended), "members": list(chosen.blend.weights),
+                           "chosen": chosen.name, "offered": offered, "weights": chosen.blend.summary(),
+                           "validation_mae": candidates, "llm": source,
+                           "ridge_fallbacks": sum(x is None for x in test_members["llm"])}
     return blended
 
 

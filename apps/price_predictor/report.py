@@ -24,7 +24,8 @@ def metric_rows(metrics: dict) -> dict[str, dict]:
     if "readout" in metrics:
         rows[READOUT] = metrics["readout"]
     if "ensemble" in metrics:  # older metrics.json files blended the fine-tuned model and the ridge only
-        rows[ensemble_name(metrics["ensemble"].get("members", ("llm", "ridge")))] = metrics["ensemble"]
+        ens = metrics["ensemble"]
+        rows[ensemble_name(ens.get("members", ("llm", "ridge")), ens.get("chosen", ""))] = ens
     return rows
 
 
