@@ -257,6 +257,8 @@ def test_price_page_predicts_and_filters_evaluated_items(in_runs):
                                    "fine-tuned, 8-beam median", "fine-tuned, 8-beam mean",
                                    "fine-tuned, hidden-state read-out"]
     assert "8 of 8 items" in _texts(at)
+    items = at.dataframe[1].value  # the evaluated items, with the read-out's price beside the fine-tuned answer
+    assert {"price", "finetuned", "readout"} <= set(items.columns) and len(items) == 8
     at.multiselect(key="categories").select("Kitchen").run()
     assert "2 of 8 items" in _texts(at)
     at.text_input(key="query").input("kettle").run()

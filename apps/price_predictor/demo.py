@@ -101,14 +101,17 @@ def page():
                     keep &= frame["title"].str.contains(query, case=False, regex=False)
                 if chosen:
                     keep &= frame["category"].isin(chosen)
-                columns = [c for c in ("title", "category", "price", "finetuned", "error", "finetuned_hit", "base")
+                columns = [c for c in ("title", "category", "price", "finetuned", "error", "finetuned_hit", "readout",
+                                       "ensemble", "base")
                            if c in frame and frame[c].notna().any()]  # no base column after --no-base
                 st.dataframe(frame.loc[keep, columns], hide_index=True, width="stretch",
                              column_config={"price": st.column_config.NumberColumn("truth $", format="%.2f"),
                                             "finetuned": st.column_config.NumberColumn("fine-tuned $", format="%.2f"),
                                             "error": st.column_config.NumberColumn("error $", format="%.2f"),
-                                            "finetuned_hit": "hit", "base": st.column_config.NumberColumn(
-                                                "base $", format="%.2f")})
+                                            "finetuned_hit": "hit",
+                                            "readout": st.column_config.NumberColumn("read-out $", format="%.2f"),
+                                            "ensemble": st.column_config.NumberColumn("ensemble $", format="%.2f"),
+                                            "base": st.column_config.NumberColumn("base $", format="%.2f")})
                 st.caption(f"{int(keep.sum())} of {len(frame)} items")
     else:
         st.info("This run has not been evaluated yet:")
