@@ -269,7 +269,7 @@ def test_ensemble_choice_takes_the_blend_where_the_members_err_in_different_plac
 
 
 @pytest.mark.parametrize("beams", [0, 8])
-def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch, beams):
+def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch, capsys, beams):
     """The evaluate wiring with a stand-in for the model: validation rows are read and the ridge fitted before any
     generation; the fine-tuned estimates on the validation rows fit the blend; the test rows are scored with it
     (an unparsed answer taking the ridge estimate), written to metrics.json and named in the demo's table."""
@@ -385,6 +385,23 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
     assert len(fallback) == 1 and fallback[0]["ensemble"] == fallback[0]["ridge"]
     assert all(r["readout"] > 0 for r in rows)
     assert ens["ridge_fallbacks"] == 1 and math.isfinite(ens["mae"])
+    # the candidates again from the files evaluate wrote, without the model: the same choice and the same test MAE
+    from apps.price_predictor import ensemble
+    from shared.config import ConfigError
+
+    scored = ensemble.compare(runs.Run.load(run.path), name)
+    chosen = ensemble.best([c for c, _ in scored])
+    assert chosen.name == ens["chosen"] and len(scored) == 10
+    assert next(mae for c, mae in scored if c is chosen) == pytest.approx(ens["mae"], abs=0.01)
+    assert {c.name: c.validation_mae for c, _ in scored} == ens["validation_mae"]
+    ensemble.main(["--run", str(run.path), "--eval", name])
+    marked = [line for line in capsys.readouterr().out.splitlines() if "<- the ensemble" in line]
+    assert len(marked) == 1 and marked[0].split()[:2] == chosen.name.split()[:2]
+    saved = run.path / "eval" / name / ensemble.VALIDATION_FILE
+    lines = saved.read_text().splitlines()
+    saved.write_text("\n".join([lines[0], lines[1].replace('"readout"', '"read"'), *lines[2:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"ensemble_validation.jsonl, line 2: field 'readout'"):
+        ensemble.compare(runs.Run.load(run.path), name)
 
 
 def test_mean_price_weighs_the_candidates():

@@ -165,6 +165,10 @@ def compare(run: runs.Run, name: str) -> list[tuple[Candidate, float]]:
     ens = metrics["ensemble"]
     offered = ens.get("offered", ens["members"])
     valid = runs.read_jsonl(path)
+    for n, row in enumerate(valid, 1):
+        for field in ("price", *offered):
+            if field not in row or not (row[field] is None or isinstance(row[field], (int, float))):
+                raise ConfigError(f"{path}, line {n}: field '{field}' is missing or not a number: run evaluate again")
     fields = {**TEST_FIELDS, "llm": "finetuned_mean" if ens["llm"].startswith("mean") else "finetuned"}
     test = {m: [r.get(fields[m]) for r in rows] for m in offered}
     truth = [r["price"] for r in rows]
