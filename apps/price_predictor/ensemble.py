@@ -63,7 +63,7 @@ class Blend:
                 out.append(estimates[FALLBACK][i])
                 continue
             value = self.intercept + sum(w * math.log1p(max(estimates[m][i], 0.0)) for m, w in self.weights.items())
-            out.append(min(max(math.expm1(value), MIN_PRICE), MAX_PRICE))
+            out.append(float(_to_price(value)))
         return out
 
     def summary(self) -> dict:
@@ -82,22 +82,41 @@ def _kept(estimates: dict[str, list[float | None]], truth: list[float]) -> list[
     return kept
 
 
+def _to_price(logs):
+    """log1p prices (a number or an array) back to prices within those the task accepts."""
+    import numpy as np
+
+    return np.clip(np.expm1(logs), MIN_PRICE, MAX_PRICE)
+
+
+def _logs(estimates: dict[str, list[float | None]], truth: list[float]):
+    """(members, their log1p estimates [items x members], log1p true prices) on the items every member has an
+    estimate for: every subset is fitted and scored on the same items."""
+    import numpy as np
+
+    kept = _kept(estimates, truth)
+    members = list(estimates)
+    x = np.array([[math.log1p(max(estimates[m][i], 0.0)) for m in members] for i in kept])
+    return members, x, np.log1p(np.array([truth[i] for i in kept]))
+
+
 def _least_squares(x, y):
     from sklearn.linear_model import LinearRegression
 
     return LinearRegression(positive=True).fit(x, y)
 
 
-def fit(estimates: dict[str, list[float | None]], truth: list[float], members: list[str] | None = None) -> Blend:
-    """Fit the blend of `members` (default: all) on validation items: each member's estimates (None where the
-    LLM's answer was unparsed) and the true prices. Must include the ridge, which stands in for an unparsed
-    answer; items some member lacks are left out, so that every subset is fitted on the same items."""
-    kept = _kept(estimates, truth)
-    members = members or list(estimates)
-    x = [[math.log1p(max(estimates[m][i], 0.0)) for m in members] for i in kept]
-    model = _least_squares(x, [math.log1p(truth[i]) for i in kept])
+def _blend(x, y, members: list[str]) -> Blend:
+    model = _least_squares(x, y)
     return Blend(round(float(model.intercept_), 6),
-                 {m: round(float(w), 6) for m, w in zip(members, model.coef_)}, len(kept))
+                 {m: round(float(w), 6) for m, w in zip(members, model.coef_)}, len(y))
+
+
+def fit(estimates: dict[str, list[float | None]], truth: list[float]) -> Blend:
+    """Fit the blend of all members on validation items: each member's estimates (None where the LLM's answer was
+    unparsed) and the true prices. Must include the ridge, which stands in for an unparsed answer."""
+    members, x, y = _logs(estimates, truth)
+    return _blend(x, y, members)
 
 
 @dataclasses.dataclass
@@ -116,16 +135,12 @@ def candidates(estimates: dict[str, list[float | None]], truth: list[float]) -> 
 
     import numpy as np
 
-    kept = _kept(estimates, truth)
-    members = list(estimates)
-    logs = np.array([[math.log1p(max(estimates[m][i], 0.0)) for m in members] for i in kept])
-    y = np.log1p(np.array([truth[i] for i in kept]))
+    members, logs, y = _logs(estimates, truth)
 
     def mae(log_estimates) -> float:
-        clipped = np.clip(np.expm1(log_estimates), MIN_PRICE, MAX_PRICE)
-        return round(float(np.mean(np.abs(clipped - np.expm1(y)))), 4)
+        return round(float(np.mean(np.abs(_to_price(log_estimates) - np.expm1(y)))), 4)
 
-    out = [Candidate(_candidate([m], False), Blend(0.0, {m: 1.0}, len(kept)), mae(logs[:, j]), 0)
+    out = [Candidate(_candidate([m], False), Blend(0.0, {m: 1.0}, len(y)), mae(logs[:, j]), 0)
            for j, m in enumerate(members)]
     for size in range(1, len(members) + 1):
         for subset in itertools.combinations(range(len(members)), size):
@@ -135,7 +150,7 @@ def candidates(estimates: dict[str, list[float | None]], truth: list[float]) -> 
                 others = np.arange(len(y)) != i
                 left_out[i] = _least_squares(x[others], y[others]).predict(x[i:i + 1])[0]
             chosen = [members[j] for j in subset]
-            out.append(Candidate(_candidate(chosen, True), fit(estimates, truth, chosen), mae(left_out), size + 1))
+            out.append(Candidate(_candidate(chosen, True), _blend(x, y, chosen), mae(left_out), size + 1))
     return out
 
 
@@ -169,7 +184,8 @@ def compare(run: runs.Run, name: str) -> list[tuple[Candidate, float]]:
         for field in ("price", *offered):
             if field not in row or not (row[field] is None or isinstance(row[field], (int, float))):
                 raise ConfigError(f"{path}, line {n}: field '{field}' is missing or not a number: run evaluate again")
-    fields = {**TEST_FIELDS, "llm": "finetuned_mean" if ens["llm"].startswith("mean") else "finetuned"}
+    # the LLM member is the beams' weighted mean where the evaluation searched, else the greedy answer
+    fields = {**TEST_FIELDS, "llm": "finetuned_mean" if any("finetuned_mean" in r for r in rows) else "finetuned"}
     test = {m: [r.get(fields[m]) for r in rows] for m in offered}
     truth = [r["price"] for r in rows]
     found = candidates({m: [v[m] for v in valid] for m in offered}, [v["price"] for v in valid])

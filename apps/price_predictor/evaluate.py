@@ -127,13 +127,13 @@ def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0
                for k in ("base", "finetuned", "finetuned_median", "finetuned_mean", "readout", "ensemble")
                if k in metrics}
     out = p.run.write_eval(plan.name, p.source, metrics, predictions, summary)
-    if blended is not None:  # the members' inputs, so that the combinations can be compared without the model
+    # The members' inputs, so that the combinations can be compared without the model. An evaluation without an
+    # ensemble never finds an earlier one's file: write_eval moves aside a folder whose scores it lacks.
+    if blended is not None:
         offered = metrics["ensemble"]["offered"]
         write_jsonl(out / blend.VALIDATION_FILE, [{"line": r.line, "price": r["price"],
                                                    **{m: valid_members[m][i] for m in offered}}
                                                   for i, r in enumerate(valid_rows)])
-    else:  # never leave an earlier evaluation's beside this one's predictions
-        (out / blend.VALIDATION_FILE).unlink(missing_ok=True)
     scatter(truth, tuned, f"fine-tuned: MAE ${metrics['finetuned']['mae']:.0f}, "
                           f"hit {metrics['finetuned']['hit_rate']:.0%}", out / "scatter.png")
     print(table(metric_rows(metrics)))
