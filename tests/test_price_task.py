@@ -336,7 +336,7 @@ def test_evaluate_fits_the_ensemble_on_the_validation_rows(tmp_path, monkeypatch
         prompts = [task.inference_prompt(r, fmt) for r in plan.rows]
         tuned = generate(None, None, fmt, prompts, None)
         return evaluation.Predictions(plan.run, plan.source, plan.rows, tuned, None, {}, {}, plan.cfg,
-                                      extra(None, None, fmt, prompts))
+                                      extra=extra(None, None, fmt, prompts))
 
     def readout(run_, model, tokenizer, fmt, train_rows, run_valid_rows, rows, valid_rows, test_x, valid_x):
         order.append(f"readout {len(train_rows)}/{len(run_valid_rows)}")  # fitted on the run's own splits

@@ -130,6 +130,36 @@ def test_other_decoding_sits_beside_and_a_base_score_is_never_dropped(finished, 
     assert f"moved to {aside[0]}" in capsys.readouterr().err
 
 
+def test_the_base_model_is_decoded_greedily_unless_asked(finished, tmp_path, monkeypatch, capsys):
+    """The base model is decoded greedily beside the run's 4 beams (the table says so), with the run's other
+    settings; --base-beams 4 decodes it as the fine-tuned one, into a folder of its own."""
+    import shutil
+
+    from apps.translator import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("eval"))
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "evaluations": {}}))
+    widths = []
+    real = evaluation.generate
+    monkeypatch.setattr(evaluation, "generate", lambda *a, progress=None, **k: widths.append(
+        (progress, a[4].num_beams, a[4].beam_pick, a[4].loop_guard)) or real(*a, progress=progress, **k))
+    evaluate.main(["--run", str(run), "--limit", "2"])
+    assert widths == [("fine-tuned", 4, "consensus", True), ("base", 1, "consensus", True)]
+    metrics = json.loads((run / "eval" / "test-first2" / "metrics.json").read_text())
+    assert metrics["decoding"]["num_beams"] == 4 and metrics["base_decoding"]["num_beams"] == 1
+    assert "the base model was decoded greedily (the fine-tuned with 4); --base-beams 4" in capsys.readouterr().out
+    widths.clear()
+    evaluate.main(["--run", str(run), "--limit", "2", "--base-beams", "4"])
+    assert [w[1] for w in widths] == [4, 4]
+    metrics = json.loads((run / "eval" / "test-first2-base-beams4" / "metrics.json").read_text())
+    assert metrics["base_decoding"]["num_beams"] == 4 and "--base-beams" not in capsys.readouterr().out
+    assert sorted(runs.Run.load(run).record.evaluations) == ["test-first2", "test-first2-base-beams4"]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--run", str(run), "--base-beams", "0"])
+    assert "--base-beams 0: give 1 (greedy) or more" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def stepped(tiny_model_dir, data, tmp_path_factory) -> Path:
     """A finished 4-step run with checkpoints at steps 2 and 4."""

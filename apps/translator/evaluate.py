@@ -26,13 +26,17 @@ def table(metrics: dict) -> str:
             lines.append(f"{name:<12} {m['bleu']:>7.2f} {m['chrf']:>7.2f} {m['n']:>5}")
     sig = (metrics.get("finetuned") or metrics.get("base"))["signature"]
     lines += [f"BLEU signature: {sig['bleu']}", f"chrF signature: {sig['chrf']}"]
+    if note := evaluation.base_decoding_note(metrics):
+        lines.append(note)
     return "\n".join(lines)
 
 
 def evaluate(run: str, data: str | None = None, *, limit: int = 0, last: int = 0, with_base: bool = True,
-             runs_root: str | None = None, checkpoint: str | None = None, **decoding) -> dict:
-    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint, decoding)
-    p = evaluation.predict_both(TASK, plan, with_base, **decoding)
+             runs_root: str | None = None, checkpoint: str | None = None, base_beams: int = evaluation.BASE_BEAMS,
+             **decoding) -> dict:
+    plan = evaluation.plan(TASK, run, data, limit, last, runs_root, checkpoint,
+                           {**decoding, "base_beams": base_beams if with_base else None})
+    p = evaluation.predict_both(TASK, plan, with_base, base_beams=base_beams, **decoding)
     refs = [r["ko"] for r in p.rows]
     tuned = [clean_translation(x) for x in p.finetuned]
     base = [clean_translation(x) for x in p.base] if p.base is not None else [None] * len(refs)  # not scored
@@ -58,13 +62,18 @@ def main(argv=None):
                    help="with --beams: keep the most likely answer (score), the most likely per token (length) or "
                         "the one closest to the other beams in chrF++ (consensus) (default: the run's "
                         "generate.beam_pick)")
+    p.add_argument("--base-beams", type=int, default=evaluation.BASE_BEAMS,
+                   help="beam search of this width for the base model (default %(default)s: greedy; it mostly "
+                        "repeats the system prompt, and beams over its whole vocabulary take 3x the time for the "
+                        "same score); the fine-tuned model's --beams to decode both alike")
     p.add_argument("--first-line", action=argparse.BooleanOptionalAction,
                    help="end each translation at its first line break, the part that is scored (default: the "
                         "run's generate.first_line; the scores are the same either way, only the time differs)")
     args = p.parse_args(argv)
 
-    if args.num_beams is not None and args.num_beams < 1:
-        p.error(f"--beams {args.num_beams}: give 1 (greedy) or more")
+    for flag, width in (("--beams", args.num_beams), ("--base-beams", args.base_beams)):
+        if width is not None and width < 1:
+            p.error(f"{flag} {width}: give 1 (greedy) or more")
 
     def work():
         check_counts(args)
@@ -72,7 +81,7 @@ def main(argv=None):
         def score(run, checkpoint, with_base):
             return evaluate(run, args.data, limit=args.limit, last=args.last, with_base=with_base,
                             full_vocab=args.full_vocab, runs_root=args.runs_root, checkpoint=checkpoint,
-                            **decoding_overrides(args))
+                            base_beams=args.base_beams, **decoding_overrides(args))
 
         evaluation.score_each(TASK, args.run, args.runs_root, args.checkpoint, not args.no_base, score)
 
