@@ -47,9 +47,9 @@ TAG_LABELS = {"num_beams": "beams{}", "beams": "beams{}", "beam_pick": "pick-{}"
 
 # The base model is decoded greedily unless asked otherwise (--base-beams). It is not instruction-tuned and
 # mostly repeats the system prompt, so beams change its score little (translator, 240 test pairs: chrF++ 1.67
-# with 4 beams), while beam search over its whole 262k-token vocabulary took 100 s of the first README command's
-# 7 minutes on a float32 Xeon, against ~35 s greedy (64 prompts: 30.3 s against 9.9 s), and ~150 s on the
-# emulated AVX2 kind, where that command has to fit in 10 minutes.
+# with 4 beams, 1.68 greedy), while beam search over its whole 262k-token vocabulary is the first README
+# command's largest cost after training: 100 s against 35 s greedy on a float32 Xeon, 136 s against 53 s with
+# torch capped to AVX2 there, where that command has to fit in 10 minutes (docs/speed.md).
 BASE_BEAMS = 1
 
 
