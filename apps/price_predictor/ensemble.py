@@ -39,14 +39,17 @@ def name(members, chosen: str = "") -> str:
     member scored best, 'ensemble: read-out alone' (as it is) or 'ensemble: read-out, rescaled' (fitted).
     chosen: the candidate's name, as metrics.json records it."""
     if len(members) == 1:
-        return f"ensemble: {LABELS.get(members[0], members[0])}" + (" alone" if chosen.startswith("alone")
-                                                                     else ", rescaled")
-    return "ensemble: " + " + ".join(LABELS.get(m, m) for m in members)
+        return f"ensemble: {_labels(members)}" + (" alone" if chosen.startswith("alone") else ", rescaled")
+    return f"ensemble: {_labels(members)}"
+
+
+def _labels(members) -> str:
+    return " + ".join(LABELS.get(m, m) for m in members)
 
 
 def _candidate(members, fitted: bool) -> str:
     """A candidate's name in the metrics, e.g. 'fitted: fine-tuned + read-out' or 'alone: read-out'."""
-    return ("fitted: " if fitted else "alone: ") + " + ".join(LABELS.get(m, m) for m in members)
+    return ("fitted: " if fitted else "alone: ") + _labels(members)
 
 
 @dataclasses.dataclass
